@@ -1,0 +1,592 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * dm-ptbackup jobs: creation with its point in time, the state machine, the
+ * background sweep of sync=full jobs with its rate limit, error policies,
+ * the final flush, and release of a finished job's resources.
+ *
+ * States:  running <-> paused  ->  completed | cancelled | failed
+ * Active (running or paused) jobs protect their uncopied chunks; a paused
+ * job only stops its background sweep.  Transitions use cmpxchg because
+ * messages (pause, resume, cancel) and the worker (errors, completion) race.
+ */
+
+#include <linux/ktime.h>
+#include <linux/math64.h>
+#include <linux/slab.h>
+#include <linux/vmalloc.h>
+
+#include "ptb.h"
+
+#define DM_MSG_PREFIX "ptbackup"
+
+#define PTB_RETRY_DELAY		(HZ / 10)
+#define PTB_RATE_BURST_NS	(50 * NSEC_PER_MSEC)
+
+#define PTB_ACTIVE_STATES	(BIT(PTB_JOB_RUNNING) | BIT(PTB_JOB_PAUSED))
+
+static const char * const ptb_state_names[] = {
+	[PTB_JOB_RUNNING] = "running",
+	[PTB_JOB_PAUSED] = "paused",
+	[PTB_JOB_COMPLETED] = "completed",
+	[PTB_JOB_CANCELLED] = "cancelled",
+	[PTB_JOB_FAILED] = "failed",
+};
+
+static const char * const ptb_site_names[] = {
+	[PTB_SITE_NONE] = "-",
+	[PTB_SITE_SOURCE] = "source",
+	[PTB_SITE_TARGET] = "target",
+	[PTB_SITE_CBW] = "cbw",
+	[PTB_SITE_FLUSH] = "flush",
+};
+
+const char *ptb_job_state_name(enum ptb_job_state s)
+{
+	return ptb_state_names[s];
+}
+
+const char *ptb_sync_name(enum ptb_sync_mode m)
+{
+	return m == PTB_SYNC_FULL ? "full" : "none";
+}
+
+bool ptb_job_active(const struct ptb_job *job)
+{
+	return BIT(READ_ONCE(job->state)) & PTB_ACTIVE_STATES;
+}
+
+/* Move job to state to if it is in one of the states in from_mask. */
+static bool ptb_job_transition(struct ptb_job *job, unsigned long from_mask,
+			       enum ptb_job_state to)
+{
+	int old = READ_ONCE(job->state);
+
+	do {
+		if (!(BIT(old) & from_mask))
+			return false;
+	} while (!try_cmpxchg(&job->state, &old, to));
+
+	ptb_device_event(job->pd);
+	if (!(BIT(to) & PTB_ACTIVE_STATES))
+		ptb_wake_worker(job->pd);
+	return true;
+}
+
+struct ptb_job *ptb_job_find(struct ptb_device *pd, const char *id)
+{
+	struct ptb_job *job;
+
+	lockdep_assert_held(&pd->lock);
+	list_for_each_entry(job, &pd->jobs, node)
+		if (!strcmp(job->id, id))
+			return job;
+	return NULL;
+}
+
+/*-----------------------------------------------------------------
+ * Creation.
+ *---------------------------------------------------------------*/
+
+static void ptb_job_free_slots(struct ptb_job *job)
+{
+	unsigned int i;
+
+	if (!job->slot_buf)
+		return;
+	for (i = 0; i < job->nr_slots; i++)
+		vfree(job->slot_buf[i]);
+	kfree(job->slot_buf);
+	job->slot_buf = NULL;
+}
+
+static int ptb_job_alloc_slots(struct ptb_job *job, unsigned int nr_slots)
+{
+	size_t size = (size_t)1 << (job->chunk_shift + SECTOR_SHIFT);
+	unsigned int i;
+
+	job->slot_buf = kcalloc(nr_slots, sizeof(void *), GFP_KERNEL);
+	if (!job->slot_buf)
+		return -ENOMEM;
+	job->nr_slots = nr_slots;
+	for (i = 0; i < nr_slots; i++) {
+		job->slot_buf[i] = vmalloc(size);
+		if (!job->slot_buf[i]) {
+			ptb_job_free_slots(job);
+			return -ENOMEM;
+		}
+	}
+	job->free_slots = nr_slots;
+	return 0;
+}
+
+static void ptb_job_free(struct ptb_job *job)
+{
+	ptb_job_free_slots(job);
+	ptb_bdev_close(&job->target, job);
+	kvfree(job->done);
+	kfree(job);
+}
+
+static int ptb_job_check_target(struct ptb_target *pt, const char *id,
+				const char *path)
+{
+	struct ptb_device *pd = pt->pd;
+	const char *name = ptb_device_name(pd);
+	dev_t dev;
+	int r;
+
+	r = lookup_bdev(path, &dev);
+	if (r) {
+		DMERR("%s: backup start %s: cannot find target block device %s (%d)",
+		      name, id, path, r);
+		return r;
+	}
+	if (dev == pt->origin->bdev->bd_dev) {
+		DMERR("%s: backup start %s: target %s is the origin device",
+		      name, id, path);
+		return -EINVAL;
+	}
+	if (pt->metadata && dev == pt->metadata->bdev->bd_dev) {
+		DMERR("%s: backup start %s: target %s is the metadata device",
+		      name, id, path);
+		return -EINVAL;
+	}
+	if (dev == disk_devt(dm_disk(pd->md))) {
+		DMERR("%s: backup start %s: target %s is this device itself",
+		      name, id, path);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int ptb_job_open_target(struct ptb_target *pt, struct ptb_job *job,
+			       const char *path)
+{
+	const char *name = ptb_device_name(pt->pd);
+	struct block_device *target, *origin = pt->origin->bdev;
+	int r;
+
+	r = ptb_bdev_open_excl(path, job, &job->target);
+	if (r == -EBUSY) {
+		DMERR("%s: backup start %s: target %s is busy (mounted, or held by another device or job)",
+		      name, job->id, path);
+		return r;
+	} else if (r) {
+		DMERR("%s: backup start %s: cannot open target %s read-write (%d)",
+		      name, job->id, path, r);
+		return r;
+	}
+
+	target = job->target.bdev;
+	job->target_dev = target->bd_dev;
+	if (bdev_nr_sectors(target) < pt->ti->len) {
+		DMERR("%s: backup start %s: target %s (%llu sectors) is smaller than the device (%llu sectors)",
+		      name, job->id, path,
+		      (unsigned long long)bdev_nr_sectors(target),
+		      (unsigned long long)pt->ti->len);
+		return -ENOSPC;
+	}
+	if (bdev_logical_block_size(target) > bdev_logical_block_size(origin)) {
+		DMERR("%s: backup start %s: target %s has %u-byte logical blocks, the origin %u",
+		      name, job->id, path, bdev_logical_block_size(target),
+		      bdev_logical_block_size(origin));
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/*
+ * Create a job and start it.  Its point in time is when it is published:
+ * writes are held back and drained first, so every write completed before
+ * this call is in the backup and every write held or issued after it is
+ * not.  Caller holds pd->lock.  On error nothing has changed.
+ */
+int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p)
+{
+	struct ptb_device *pd = pt->pd;
+	const char *name = ptb_device_name(pd);
+	struct ptb_job *job;
+	int r;
+
+	lockdep_assert_held(&pd->lock);
+
+	if (ptb_job_find(pd, p->id)) {
+		DMERR("%s: backup start: job %s already exists", name, p->id);
+		return -EEXIST;
+	}
+	if (pd->nr_jobs >= PTB_MAX_JOBS) {
+		DMERR("%s: backup start %s: too many jobs (%u): dismiss finished ones",
+		      name, p->id, PTB_MAX_JOBS);
+		return -ENOSPC;
+	}
+	r = ptb_job_check_target(pt, p->id, p->target_path);
+	if (r)
+		return r;
+
+	job = kzalloc(sizeof(*job), GFP_KERNEL);
+	if (!job)
+		return -ENOMEM;
+	job->pd = pd;
+	strscpy(job->id, p->id, sizeof(job->id));
+	job->sync = p->sync;
+	job->speed = p->speed;
+	job->on_source_error = p->on_source_error;
+	job->on_target_error = p->on_target_error;
+	job->on_cbw_error = p->on_cbw_error;
+	job->state = PTB_JOB_RUNNING;
+	job->chunk_shift = pt->chunk_shift;
+	job->dev_sectors = pt->ti->len;
+	job->nr_chunks = DIV_ROUND_UP_SECTOR_T(job->dev_sectors, pt->chunk_sectors);
+	job->bytes_total = (u64)job->dev_sectors << SECTOR_SHIFT;
+	job->origin = pt->origin->bdev;
+	job->rate_next = ktime_get();
+	INIT_LIST_HEAD(&job->slot_waiters);
+	init_completion(&job->finished);
+	atomic64_set(&job->bytes_done, 0);
+	atomic64_set(&job->zero_bytes, 0);
+
+	r = ptb_job_open_target(pt, job, p->target_path);
+	if (r)
+		goto bad;
+
+	r = -ENOMEM;
+	job->done = kvcalloc(BITS_TO_LONGS(job->nr_chunks), sizeof(long),
+			     GFP_KERNEL);
+	if (!job->done)
+		goto bad;
+	r = ptb_job_alloc_slots(job, pt->copy_slots);
+	if (r)
+		goto bad;
+
+	ptb_hold_writes(pd);
+	list_add_tail_rcu(&job->node, &pd->jobs);
+	pd->nr_jobs++;
+	ptb_release_writes(pd);
+
+	DMINFO("%s: job %s: backup of %lu chunks of %u sectors to %u:%u started, sync=%s",
+	       name, job->id, job->nr_chunks, 1U << job->chunk_shift,
+	       MAJOR(job->target_dev), MINOR(job->target_dev),
+	       ptb_sync_name(job->sync));
+	ptb_device_event(pd);
+	return 0;
+
+bad:
+	ptb_job_free(job);
+	return r;
+}
+
+/*-----------------------------------------------------------------
+ * Progress and errors.  Worker only.
+ *---------------------------------------------------------------*/
+
+void ptb_job_copy_done(struct ptb_job *job, unsigned long chunk, sector_t len,
+		       bool zero)
+{
+	set_bit(chunk, job->done);
+	atomic64_add((u64)len << SECTOR_SHIFT, &job->bytes_done);
+	if (zero)
+		atomic64_add((u64)len << SECTOR_SHIFT, &job->zero_bytes);
+}
+
+static void ptb_job_record_error(struct ptb_job *job, enum ptb_error_site site,
+				 int err)
+{
+	WRITE_ONCE(job->error_site, site);
+	WRITE_ONCE(job->last_error, err);
+}
+
+void ptb_job_fail(struct ptb_job *job, enum ptb_error_site site, int err)
+{
+	ptb_job_record_error(job, site, err);
+	if (ptb_job_transition(job, PTB_ACTIVE_STATES, PTB_JOB_FAILED))
+		DMERR("%s: job %s failed: %s error %d",
+		      ptb_device_name(job->pd), job->id, ptb_site_names[site], err);
+}
+
+void ptb_job_error(struct ptb_job *job, enum ptb_error_site site, int err,
+		   enum ptb_error_action action)
+{
+	ptb_job_record_error(job, site, err);
+	switch (action) {
+	case PTB_ERR_REPORT:
+		ptb_job_fail(job, site, err);
+		break;
+	case PTB_ERR_IGNORE:
+		DMERR_LIMIT("%s: job %s: %s error %d, retrying",
+			    ptb_device_name(job->pd), job->id,
+			    ptb_site_names[site], err);
+		if (!job->retry_pending) {
+			job->retry_pending = true;
+			job->retry_at = jiffies + PTB_RETRY_DELAY;
+		}
+		break;
+	case PTB_ERR_STOP:
+		if (ptb_job_transition(job, BIT(PTB_JOB_RUNNING), PTB_JOB_PAUSED))
+			DMERR("%s: job %s paused: %s error %d; `job resume' retries",
+			      ptb_device_name(job->pd), job->id,
+			      ptb_site_names[site], err);
+		break;
+	}
+}
+
+/*-----------------------------------------------------------------
+ * The background sweep and completion.  Worker only.
+ *---------------------------------------------------------------*/
+
+/*
+ * May the sweep issue another chunk now?  Returns 0 if so, else the delay
+ * in jiffies until it may.  The rate limit is a virtual clock: each chunk
+ * moves rate_next on by its length at the job's speed, and the sweep may
+ * run up to PTB_RATE_BURST_NS ahead of real time.
+ */
+static unsigned long ptb_job_rate_delay(struct ptb_job *job, ktime_t now)
+{
+	s64 ahead = ktime_to_ns(ktime_sub(job->rate_next, now));
+
+	if (!READ_ONCE(job->speed) || ahead <= PTB_RATE_BURST_NS)
+		return 0;
+	return max_t(unsigned long, 1,
+		     nsecs_to_jiffies(ahead - PTB_RATE_BURST_NS));
+}
+
+static void ptb_job_rate_charge(struct ptb_job *job, ktime_t now, u64 bytes)
+{
+	u64 speed = READ_ONCE(job->speed);
+
+	if (!speed)
+		return;
+	if (ktime_before(job->rate_next, now))
+		job->rate_next = now;
+	job->rate_next = ktime_add_ns(job->rate_next,
+				      div64_u64(bytes * NSEC_PER_SEC, speed));
+}
+
+static unsigned long ptb_job_sweep(struct ptb_job *job)
+{
+	unsigned int max_copies = max(1U, job->nr_slots - job->nr_slots / 4);
+	unsigned long chunk, delay;
+	ktime_t now;
+
+	while (job->copies_in_flight < max_copies) {
+		now = ktime_get();
+		delay = ptb_job_rate_delay(job, now);
+		if (delay)
+			return delay;
+
+		chunk = find_next_zero_bit(job->done, job->nr_chunks, job->cursor);
+		if (chunk >= job->nr_chunks) {
+			job->cursor = job->nr_chunks;
+			break;
+		}
+		job->cursor = chunk + 1;
+		if (ptb_copy_in_flight(job, chunk))
+			continue;
+		if (ptb_copy_start(job, chunk)) {
+			job->cursor = chunk;
+			return 1;
+		}
+		ptb_job_rate_charge(job, now, (u64)1 << (job->chunk_shift + SECTOR_SHIFT));
+	}
+	return 0;
+}
+
+static void ptb_job_flush_end_io(struct bio *bio)
+{
+	struct ptb_job *job = bio->bi_private;
+
+	WRITE_ONCE(job->flush_result, blk_status_to_errno(bio->bi_status));
+	bio_put(bio);
+	ptb_wake_worker(job->pd);
+}
+
+static void ptb_job_flush(struct ptb_job *job)
+{
+	struct bio *bio;
+
+	bio = bio_alloc(job->target.bdev, 0, REQ_OP_WRITE | REQ_PREFLUSH, GFP_NOIO);
+	bio->bi_end_io = ptb_job_flush_end_io;
+	bio->bi_private = job;
+	job->flushing = true;
+	WRITE_ONCE(job->flush_result, 1);
+	submit_bio(bio);
+}
+
+/* The last chunk is on the target: flush it, then complete. */
+static void ptb_job_finish_flush(struct ptb_job *job)
+{
+	int r = READ_ONCE(job->flush_result);
+
+	if (r == 1)
+		return;
+	job->flushing = false;
+	if (!r) {
+		if (ptb_job_transition(job, BIT(PTB_JOB_RUNNING), PTB_JOB_COMPLETED))
+			DMINFO("%s: job %s completed: %llu bytes, %llu of them zeroes",
+			       ptb_device_name(job->pd), job->id,
+			       (unsigned long long)atomic64_read(&job->bytes_done),
+			       (unsigned long long)atomic64_read(&job->zero_bytes));
+		return;
+	}
+	ptb_job_error(job, PTB_SITE_FLUSH, r, job->on_target_error);
+}
+
+/* Give back what a finished job holds; its entry stays until dismissed. */
+static void ptb_job_release(struct ptb_job *job)
+{
+	ptb_job_free_slots(job);
+	ptb_bdev_close(&job->target, job);
+	job->released = true;
+	complete_all(&job->finished);
+}
+
+/*
+ * Advance a job: release it once finished and idle, run the sweep, notice
+ * completion.  Returns 0, or the delay in jiffies after which the worker
+ * should run again for this job.
+ */
+unsigned long ptb_job_service(struct ptb_job *job)
+{
+	int state = READ_ONCE(job->state);
+	unsigned long delay;
+
+	if (job->released)
+		return 0;
+	if (job->flushing)
+		ptb_job_finish_flush(job);
+	if (!(BIT(state) & PTB_ACTIVE_STATES)) {
+		if (!job->copies_in_flight && !job->flushing)
+			ptb_job_release(job);
+		return 0;
+	}
+	if (state != PTB_JOB_RUNNING || job->sync != PTB_SYNC_FULL ||
+	    job->flushing)
+		return 0;
+
+	if (job->retry_pending) {
+		if (time_before(jiffies, job->retry_at))
+			return job->retry_at - jiffies;
+		job->retry_pending = false;
+		job->cursor = 0;
+	}
+
+	delay = ptb_job_sweep(job);
+	if (delay || job->cursor < job->nr_chunks || job->copies_in_flight)
+		return delay;
+
+	if (find_first_zero_bit(job->done, job->nr_chunks) < job->nr_chunks) {
+		/* Chunks skipped while in flight, or failed: go round again. */
+		job->cursor = 0;
+		return job->retry_pending ? job->retry_at - jiffies : 1;
+	}
+	ptb_job_flush(job);
+	return 0;
+}
+
+/*-----------------------------------------------------------------
+ * Messages.  Caller holds pd->lock.
+ *---------------------------------------------------------------*/
+
+int ptb_job_cancel(struct ptb_job *job)
+{
+	if (!ptb_job_transition(job, PTB_ACTIVE_STATES, PTB_JOB_CANCELLED))
+		return -EINVAL;
+	DMINFO("%s: job %s cancelled", ptb_device_name(job->pd), job->id);
+	/* Copies in flight finish; then the worker releases the target. */
+	wait_for_completion(&job->finished);
+	return 0;
+}
+
+int ptb_job_pause(struct ptb_job *job)
+{
+	return ptb_job_transition(job, BIT(PTB_JOB_RUNNING), PTB_JOB_PAUSED) ?
+		0 : -EINVAL;
+}
+
+int ptb_job_resume(struct ptb_job *job)
+{
+	if (!ptb_job_transition(job, BIT(PTB_JOB_PAUSED), PTB_JOB_RUNNING))
+		return -EINVAL;
+	ptb_wake_worker(job->pd);
+	return 0;
+}
+
+void ptb_job_set_speed(struct ptb_job *job, u64 speed)
+{
+	WRITE_ONCE(job->speed, speed);
+	ptb_wake_worker(job->pd);
+}
+
+static void ptb_job_remove(struct ptb_job *job)
+{
+	struct ptb_device *pd = job->pd;
+
+	list_del_rcu(&job->node);
+	pd->nr_jobs--;
+	synchronize_rcu();
+	/* The worker walks the list outside RCU; let its current run end. */
+	flush_work(&pd->worker);
+	ptb_job_free(job);
+}
+
+int ptb_job_dismiss(struct ptb_job *job)
+{
+	if (ptb_job_active(job))
+		return -EBUSY;
+	wait_for_completion(&job->finished);
+	ptb_job_remove(job);
+	return 0;
+}
+
+/* The device is going away: cancel and free every job. */
+void ptb_jobs_destroy(struct ptb_device *pd)
+{
+	struct ptb_job *job, *tmp;
+
+	list_for_each_entry_safe(job, tmp, &pd->jobs, node) {
+		if (ptb_job_cancel(job))
+			wait_for_completion(&job->finished);
+		ptb_job_remove(job);
+	}
+}
+
+/*-----------------------------------------------------------------*/
+
+static const char *ptb_job_error_string(const struct ptb_job *job, char *buf,
+					size_t len)
+{
+	enum ptb_error_site site = READ_ONCE(job->error_site);
+
+	if (site == PTB_SITE_NONE)
+		return "-";
+	snprintf(buf, len, "%s:%d", ptb_site_names[site], READ_ONCE(job->last_error));
+	return buf;
+}
+
+/*
+ * Append a job to a status line (verbose = false) or to the `job list'
+ * reply (verbose = true).  Returns the new length, like DMEMIT.
+ */
+unsigned int ptb_job_emit(const struct ptb_job *job, char *result,
+			  unsigned int maxlen, unsigned int sz, bool verbose)
+{
+	char err[32];
+	const char *error = ptb_job_error_string(job, err, sizeof(err));
+	const char *state = ptb_job_state_name(READ_ONCE(job->state));
+	unsigned long long done = atomic64_read(&job->bytes_done);
+
+	if (!verbose) {
+		DMEMIT(" %s backup %s %s %llu %llu %llu %s", job->id,
+		       ptb_sync_name(job->sync), state, done,
+		       (unsigned long long)job->bytes_total,
+		       (unsigned long long)READ_ONCE(job->speed), error);
+		return sz;
+	}
+	DMEMIT("%s type=backup sync=%s state=%s done=%llu total=%llu speed=%llu zero=%llu target=%u:%u chunk=%u error=%s\n",
+	       job->id, ptb_sync_name(job->sync), state, done,
+	       (unsigned long long)job->bytes_total,
+	       (unsigned long long)READ_ONCE(job->speed),
+	       (unsigned long long)atomic64_read(&job->zero_bytes),
+	       MAJOR(job->target_dev), MINOR(job->target_dev),
+	       1U << job->chunk_shift, error);
+	return sz;
+}

@@ -1,0 +1,452 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * dm-ptbackup: a device-mapper target that takes point-in-time backups of a
+ * live block device by copy-before-write.
+ *
+ * This file is the target glue: constructor and destructor, the map path,
+ * status, and the per-device object that jobs live in so that they survive
+ * table reloads.
+ *
+ * Table line:
+ *   ptbackup <origin_dev> <metadata_dev|-> <chunk_sectors>
+ *            [<#feature_args> <feature_arg>...]
+ * Features:
+ *   copy_slots <n>   chunks each job copies at once (1..256, default 16)
+ */
+
+#include <linux/module.h>
+#include <linux/slab.h>
+
+#include "ptb.h"
+
+#define DM_MSG_PREFIX "ptbackup"
+
+static LIST_HEAD(ptb_devices);
+static DEFINE_MUTEX(ptb_devices_lock);
+
+/*-----------------------------------------------------------------
+ * The per-device object, shared by the device's table instances.
+ *---------------------------------------------------------------*/
+
+void ptb_device_event(struct ptb_device *pd)
+{
+	mutex_lock(&pd->event_lock);
+	if (pd->live)
+		dm_table_event(pd->live->ti->table);
+	mutex_unlock(&pd->event_lock);
+}
+
+static struct ptb_device *ptb_device_lookup(struct mapped_device *md)
+{
+	struct ptb_device *pd;
+
+	lockdep_assert_held(&ptb_devices_lock);
+	list_for_each_entry(pd, &ptb_devices, node)
+		if (pd->md == md)
+			return pd;
+	return NULL;
+}
+
+static struct ptb_device *ptb_device_create(struct mapped_device *md)
+{
+	struct ptb_device *pd;
+
+	pd = kzalloc(sizeof(*pd), GFP_KERNEL);
+	if (!pd)
+		return NULL;
+	pd->md = md;
+	mutex_init(&pd->lock);
+	mutex_init(&pd->event_lock);
+	INIT_LIST_HEAD(&pd->jobs);
+	if (ptb_cow_init(pd)) {
+		kfree(pd);
+		return NULL;
+	}
+	list_add(&pd->node, &ptb_devices);
+	return pd;
+}
+
+static void ptb_device_destroy(struct ptb_device *pd)
+{
+	mutex_lock(&pd->lock);
+	ptb_jobs_destroy(pd);
+	mutex_unlock(&pd->lock);
+	ptb_cow_exit(pd);
+	mutex_destroy(&pd->lock);
+	mutex_destroy(&pd->event_lock);
+	kfree(pd);
+}
+
+static bool ptb_device_has_active_jobs(struct ptb_device *pd)
+{
+	struct ptb_job *job;
+	bool active = false;
+
+	mutex_lock(&pd->lock);
+	list_for_each_entry(job, &pd->jobs, node)
+		active |= ptb_job_active(job);
+	mutex_unlock(&pd->lock);
+	return active;
+}
+
+/*
+ * Attach a new table instance to its device's object, creating the object
+ * for the first table.  A reload keeps the jobs; it may not swap the origin
+ * from under a running job.
+ */
+static int ptb_device_attach(struct ptb_target *pt, char **error)
+{
+	struct mapped_device *md = dm_table_get_md(pt->ti->table);
+	struct ptb_device *pd;
+	int r = 0;
+
+	mutex_lock(&ptb_devices_lock);
+	pd = ptb_device_lookup(md);
+	if (pd) {
+		struct ptb_target *live = pd->live;
+
+		if (live && live->origin->bdev != pt->origin->bdev &&
+		    ptb_device_has_active_jobs(pd)) {
+			*error = "Cannot change the origin device while a backup job is running";
+			r = -EBUSY;
+			goto out;
+		}
+	} else {
+		pd = ptb_device_create(md);
+		if (!pd) {
+			*error = "Cannot allocate device state";
+			r = -ENOMEM;
+			goto out;
+		}
+	}
+	pd->nr_targets++;
+	pt->pd = pd;
+	mutex_lock(&pd->event_lock);
+	if (!pd->live)
+		pd->live = pt;
+	mutex_unlock(&pd->event_lock);
+out:
+	mutex_unlock(&ptb_devices_lock);
+	return r;
+}
+
+static void ptb_device_detach(struct ptb_target *pt)
+{
+	struct ptb_device *pd = pt->pd;
+	bool last;
+
+	mutex_lock(&ptb_devices_lock);
+	mutex_lock(&pd->event_lock);
+	if (pd->live == pt)
+		pd->live = NULL;
+	mutex_unlock(&pd->event_lock);
+	last = !--pd->nr_targets;
+	if (last)
+		list_del(&pd->node);
+	mutex_unlock(&ptb_devices_lock);
+
+	if (last)
+		ptb_device_destroy(pd);
+}
+
+/*-----------------------------------------------------------------
+ * Constructor.
+ *---------------------------------------------------------------*/
+
+static int parse_origin_dev(struct ptb_target *pt, const char *arg,
+			    char **error)
+{
+	struct dm_target *ti = pt->ti;
+	int r;
+
+	r = dm_get_device(ti, arg, dm_table_get_mode(ti->table), &pt->origin);
+	if (r) {
+		*error = "Error opening origin device";
+		return r;
+	}
+	if (ti->len > bdev_nr_sectors(pt->origin->bdev)) {
+		*error = "Device is larger than the origin device";
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int parse_metadata_dev(struct ptb_target *pt, const char *arg,
+			      char **error)
+{
+	struct dm_target *ti = pt->ti;
+	int r;
+
+	if (!strcmp(arg, "-"))
+		return 0;
+	r = dm_get_device(ti, arg, dm_table_get_mode(ti->table), &pt->metadata);
+	if (r) {
+		*error = "Error opening metadata device";
+		return r;
+	}
+	if (pt->metadata->bdev == pt->origin->bdev) {
+		*error = "Metadata device must differ from the origin device";
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int parse_chunk_sectors(struct ptb_target *pt, const char *arg,
+			       char **error)
+{
+	unsigned int logical = bdev_logical_block_size(pt->origin->bdev);
+	unsigned int chunk;
+
+	if (kstrtouint(arg, 10, &chunk) || !is_power_of_2(chunk) ||
+	    chunk < PTB_MIN_CHUNK_SECTORS || chunk > PTB_MAX_CHUNK_SECTORS) {
+		*error = "Invalid chunk size: must be a power of two from 8 to 2048 sectors";
+		return -EINVAL;
+	}
+	if (((unsigned long)chunk << SECTOR_SHIFT) < logical) {
+		*error = "Chunk size is smaller than the origin's logical block size";
+		return -EINVAL;
+	}
+	pt->chunk_sectors = chunk;
+	pt->chunk_shift = __ffs(chunk);
+	pt->nr_chunks = DIV_ROUND_UP_SECTOR_T(pt->ti->len, chunk);
+	return 0;
+}
+
+static int parse_features(struct ptb_target *pt, struct dm_arg_set *as,
+			  char **error)
+{
+	static const struct dm_arg feature_count = {
+		0, 2, "Invalid number of feature arguments"
+	};
+	static const struct dm_arg copy_slots = {
+		1, PTB_MAX_COPY_SLOTS, "Invalid copy_slots: must be from 1 to 256"
+	};
+	unsigned int argc;
+	const char *name;
+	int r;
+
+	pt->copy_slots = PTB_DEFAULT_COPY_SLOTS;
+	if (!as->argc)
+		return 0;
+	r = dm_read_arg_group(&feature_count, as, &argc, error);
+	if (r)
+		return r;
+	while (argc) {
+		name = dm_shift_arg(as);
+		argc--;
+		if (!strcasecmp(name, "copy_slots") && argc) {
+			if (pt->copy_slots_set) {
+				*error = "Feature copy_slots duplicated";
+				return -EINVAL;
+			}
+			r = dm_read_arg(&copy_slots, as, &pt->copy_slots, error);
+			if (r)
+				return r;
+			argc--;
+			pt->copy_slots_set = true;
+			continue;
+		}
+		*error = "Unrecognised feature argument (known: copy_slots <n>)";
+		return -EINVAL;
+	}
+	if (as->argc) {
+		*error = "Unexpected arguments after the feature arguments";
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static void ptb_put_devices(struct ptb_target *pt)
+{
+	if (pt->metadata)
+		dm_put_device(pt->ti, pt->metadata);
+	if (pt->origin)
+		dm_put_device(pt->ti, pt->origin);
+}
+
+static int ptb_ctr(struct dm_target *ti, unsigned int argc, char **argv)
+{
+	struct dm_arg_set as = { .argc = argc, .argv = argv };
+	struct ptb_target *pt;
+	int r;
+
+	if (argc < 3) {
+		ti->error = "Requires at least 3 arguments: <origin_dev> <metadata_dev|-> <chunk_sectors>";
+		return -EINVAL;
+	}
+
+	pt = kzalloc(sizeof(*pt), GFP_KERNEL);
+	if (!pt) {
+		ti->error = "Cannot allocate target context";
+		return -ENOMEM;
+	}
+	pt->ti = ti;
+
+	r = parse_origin_dev(pt, dm_shift_arg(&as), &ti->error);
+	if (r)
+		goto bad;
+	r = parse_metadata_dev(pt, dm_shift_arg(&as), &ti->error);
+	if (r)
+		goto bad;
+	r = parse_chunk_sectors(pt, dm_shift_arg(&as), &ti->error);
+	if (r)
+		goto bad;
+	r = parse_features(pt, &as, &ti->error);
+	if (r)
+		goto bad;
+	r = ptb_device_attach(pt, &ti->error);
+	if (r)
+		goto bad;
+
+	ti->num_flush_bios = 1;
+	ti->num_discard_bios = 1;
+	ti->num_write_zeroes_bios = 1;
+	ti->per_io_data_size = sizeof(struct ptb_bio);
+	ti->accounts_remapped_io = true;
+	ti->private = pt;
+	return 0;
+
+bad:
+	ptb_put_devices(pt);
+	kfree(pt);
+	return r;
+}
+
+static void ptb_dtr(struct dm_target *ti)
+{
+	struct ptb_target *pt = ti->private;
+
+	ptb_device_detach(pt);
+	ptb_put_devices(pt);
+	kfree(pt);
+}
+
+/*-----------------------------------------------------------------
+ * I/O.
+ *---------------------------------------------------------------*/
+
+/* Keep a write inside one chunk while jobs may need to copy it. */
+static void ptb_split_write(struct ptb_target *pt, struct bio *bio)
+{
+	sector_t offset = bio->bi_iter.bi_sector & (pt->chunk_sectors - 1);
+
+	if (offset + bio_sectors(bio) > pt->chunk_sectors)
+		dm_accept_partial_bio(bio, pt->chunk_sectors - offset);
+}
+
+static int ptb_map(struct dm_target *ti, struct bio *bio)
+{
+	struct ptb_target *pt = ti->private;
+	struct ptb_device *pd = pt->pd;
+	struct ptb_bio *pb = dm_per_bio_data(bio, sizeof(struct ptb_bio));
+
+	pb->counted = false;
+	bio_set_dev(bio, pt->origin->bdev);
+	if (bio_sectors(bio))
+		bio->bi_iter.bi_sector = dm_target_offset(ti, bio->bi_iter.bi_sector);
+
+	if (!op_is_write(bio_op(bio)) || !bio_sectors(bio))
+		return DM_MAPIO_REMAPPED;
+
+	if (!list_empty(&pd->jobs) || READ_ONCE(pd->hold_writes))
+		ptb_split_write(pt, bio);
+	if (!ptb_account_write(pd, pb, bio))
+		return DM_MAPIO_SUBMITTED;
+	if (likely(!ptb_write_needs_cow(pd, bio)))
+		return DM_MAPIO_REMAPPED;
+
+	ptb_defer_bio(pd, bio);
+	return DM_MAPIO_SUBMITTED;
+}
+
+static int ptb_end_io(struct dm_target *ti, struct bio *bio,
+		      blk_status_t *error)
+{
+	struct ptb_target *pt = ti->private;
+
+	ptb_write_done(pt->pd, dm_per_bio_data(bio, sizeof(struct ptb_bio)));
+	return DM_ENDIO_DONE;
+}
+
+static void ptb_resume(struct dm_target *ti)
+{
+	struct ptb_target *pt = ti->private;
+	struct ptb_device *pd = pt->pd;
+
+	mutex_lock(&pd->event_lock);
+	pd->live = pt;
+	mutex_unlock(&pd->event_lock);
+	ptb_wake_worker(pd);
+}
+
+/*-----------------------------------------------------------------
+ * Status, messages, devices.
+ *---------------------------------------------------------------*/
+
+static void ptb_status(struct dm_target *ti, status_type_t type,
+		       unsigned int status_flags, char *result,
+		       unsigned int maxlen)
+{
+	struct ptb_target *pt = ti->private;
+	struct ptb_device *pd = pt->pd;
+	struct ptb_job *job;
+	unsigned int sz = 0;
+
+	switch (type) {
+	case STATUSTYPE_INFO:
+		mutex_lock(&pd->lock);
+		DMEMIT("%llu %lu %u", (unsigned long long)pt->chunk_sectors,
+		       pt->nr_chunks, pd->nr_jobs);
+		list_for_each_entry(job, &pd->jobs, node)
+			sz = ptb_job_emit(job, result, maxlen, sz, false);
+		mutex_unlock(&pd->lock);
+		break;
+
+	case STATUSTYPE_TABLE:
+		DMEMIT("%s %s %llu", pt->origin->name,
+		       pt->metadata ? pt->metadata->name : "-",
+		       (unsigned long long)pt->chunk_sectors);
+		if (pt->copy_slots_set)
+			DMEMIT(" 2 copy_slots %u", pt->copy_slots);
+		break;
+
+	case STATUSTYPE_IMA:
+		*result = '\0';
+		break;
+	}
+}
+
+static int ptb_message_hook(struct dm_target *ti, unsigned int argc,
+			    char **argv, char *result, unsigned int maxlen)
+{
+	return ptb_message(ti->private, argc, argv, result, maxlen);
+}
+
+static int ptb_iterate_devices(struct dm_target *ti,
+			       iterate_devices_callout_fn fn, void *data)
+{
+	struct ptb_target *pt = ti->private;
+
+	return fn(ti, pt->origin, 0, ti->len, data);
+}
+
+static struct target_type ptbackup_target = {
+	.name = "ptbackup",
+	.version = {1, 0, 0},
+	.features = DM_TARGET_SINGLETON,
+	.module = THIS_MODULE,
+	.ctr = ptb_ctr,
+	.dtr = ptb_dtr,
+	.map = ptb_map,
+	.end_io = ptb_end_io,
+	.resume = ptb_resume,
+	.status = ptb_status,
+	.message = ptb_message_hook,
+	.iterate_devices = ptb_iterate_devices,
+};
+module_dm(ptbackup);
+
+MODULE_DESCRIPTION(DM_NAME " point-in-time backup target");
+MODULE_AUTHOR("The dm-ptbackup developers");
+MODULE_LICENSE("GPL");
+MODULE_ALIAS("dm-ptbackup");
