@@ -16,7 +16,7 @@ KVER ?= $(shell ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | \
 KDIR ?= /usr/src/linux-headers-$(KVER)
 MODDIR ?= /lib/modules/$(KVER)/updates/dm-ptbackup
 
-.PHONY: all module tools install-module deps check demo lint clean
+.PHONY: all module tools install-module deps check check-vm demo demo-vm lint clean
 
 all: module tools
 
@@ -36,16 +36,22 @@ install-module: module
 deps:
 	bash scripts/install-deps.sh $(if $(filter 6.12%,$(KVER)),--kver 6.12)
 
+# After `deps' a sub-make works out KVER afresh: on a new machine the headers
+# did not exist when this make started.
 check: deps
-	$(MAKE) install-module tools KVER=$(KVER)
+	$(MAKE) check-vm
+
+check-vm: install-module tools
 	bash tests/vm/check.sh --kver $(KVER)
 
 demo: deps
-	$(MAKE) install-module tools KVER=$(KVER)
+	$(MAKE) demo-vm
+
+demo-vm: install-module tools
 	bash tests/vm/run-vm.sh --kver $(KVER) -- tests/demo.sh
 
 lint:
-	$(MAKE) -C $(KDIR) M=$(CURDIR) W=1 C=2 CHECK="sparse -Wno-decl" modules
+	$(MAKE) -C $(KDIR) M=$(CURDIR) W=1 C=2 modules
 	@if [ -x "$(CHECKPATCH)" ]; then \
 		$(CHECKPATCH) --no-tree --strict --quiet -f dm-ptbackup/*.[ch]; \
 	else echo "checkpatch.pl not found: set CHECKPATCH=<path> (package linux-source)"; fi

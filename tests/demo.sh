@@ -1,0 +1,253 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-only
+#
+# dm-ptbackup demo: a live, point-in-time full backup of a mounted ext4
+# filesystem while it keeps being written, then proof that the backup is
+# exactly the point in time (e2fsck and a sha256 of every file).
+#
+# Runs inside the test VM as root from the repo root (`make demo' boots the
+# VM and calls it).  Needs dmsetup, mkfs.ext4, e2fsck, fsfreeze, fio and the
+# brd module.  Knobs (environment):
+#   DEMO_SIZE_MB  size of the origin and of the backup target   (256)
+#   DEMO_DATA_MB  data written into files before the backup      (100)
+#   DEMO_FILES    number of files                                (300)
+#   DEMO_SPEED    backup speed limit, bytes/s with K/M/G         (20M)
+#   DEMO_CHUNK    chunk size in 512-byte sectors                 (128)
+#   DEMO_TIMEOUT  give up if the backup takes longer, seconds    (150)
+set -u
+export DM_DISABLE_UDEV=1 LC_ALL=C
+
+size_mb=${DEMO_SIZE_MB:-256}
+data_mb=${DEMO_DATA_MB:-100}
+nfiles=${DEMO_FILES:-300}
+speed=${DEMO_SPEED:-20M}
+chunk=${DEMO_CHUNK:-128}
+timeout_s=${DEMO_TIMEOUT:-150}
+fio_mb=32
+
+name=ptb-demo
+dev=/dev/mapper/$name
+origin=/dev/ram0
+target=/dev/ram1
+
+work=
+frozen=0
+brd_loaded=0
+fio_pid=
+
+say() { printf '%s\n' "$*"; }
+fail() {
+	printf 'demo: FAILED: %s\n' "$*" >&2
+	exit 1
+}
+
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+cleanup() {
+	local rc=$?
+
+	trap - EXIT
+	set +e
+	if [ -n "$fio_pid" ]; then
+		kill "$fio_pid" 2>/dev/null
+		wait "$fio_pid" 2>/dev/null
+	fi
+	[ "$frozen" = 1 ] && fsfreeze -u "$work/live" 2>/dev/null
+	if [ -n "$work" ]; then
+		mountpoint -q "$work/backup" && umount "$work/backup"
+		mountpoint -q "$work/live" && umount "$work/live"
+	fi
+	dmsetup info "$name" >/dev/null 2>&1 && dmsetup remove --retry "$name" >/dev/null
+	[ "$brd_loaded" = 1 ] && rmmod brd 2>/dev/null
+	[ -n "$work" ] && rm -rf "$work"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Seconds since the epoch, with fractions.
+now() { date +%s.%N; }
+# calc EXPR: floating point arithmetic, printed with one decimal.
+calc() { awk "BEGIN { printf \"%.1f\", $1 }"; }
+
+# Read job "demo" out of `dmsetup status': sets st_state, st_done,
+# st_total, st_error.  The line is
+#   <start> <len> ptbackup <chunk_sectors> <nr_chunks> <nr_jobs>
+# then 8 words per job:
+#   <id> backup <sync> <state> <bytes_done> <bytes_total> <speed> <last_error>
+read_job() {
+	local w n j b
+
+	read -r -a w < <(dmsetup status "$name") || return 1
+	[ "${w[2]:-}" = ptbackup ] || return 1
+	n=${w[5]}
+	for ((j = 0; j < n; j++)); do
+		b=$((6 + 8 * j))
+		[ "${w[b]}" = demo ] || continue
+		st_state=${w[b + 3]}
+		st_done=${w[b + 4]}
+		st_total=${w[b + 5]}
+		st_error=${w[b + 7]}
+		return 0
+	done
+	return 1
+}
+
+# --- checks and devices ---------------------------------------------------
+[ "$(id -u)" = 0 ] || fail "must run as root (inside the VM: make demo)"
+for c in dmsetup mkfs.ext4 e2fsck fsfreeze fio sha256sum blockdev modprobe awk; do
+	command -v "$c" >/dev/null || fail "$c not found"
+done
+work=$(mktemp -d /tmp/ptb-demo.XXXXXX) || fail "mktemp"
+mkdir -p "$work/live" "$work/backup"
+
+say "== dm-ptbackup demo: live point-in-time backup ($(uname -r))"
+modprobe dm-mod 2>/dev/null
+if [ -d /sys/module/brd ]; then
+	rmmod brd 2>/dev/null || fail "brd is loaded and in use"
+fi
+modprobe brd rd_nr=2 rd_size=$((size_mb * 1024)) max_part=0 || fail "cannot load brd"
+brd_loaded=1
+{ [ -b "$origin" ] && [ -b "$target" ]; } || fail "$origin or $target missing"
+sectors=$(blockdev --getsz "$origin")
+
+dmsetup create "$name" --table "0 $sectors ptbackup $origin - $chunk" ||
+	fail "dmsetup create (is dm-ptbackup.ko installed? make install-module)"
+say "device:  $dev = ptbackup over $origin, chunk $chunk sectors, $size_mb MiB"
+say "target:  $target, $size_mb MiB ram disk"
+
+mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$dev" ||
+	fail "mkfs.ext4"
+mount -o noatime "$dev" "$work/live" || fail "mount $dev"
+
+# --- fill it ----------------------------------------------------------------
+avg=$((data_mb * 1048576 / nfiles))
+bytes=0
+t=$(now)
+for ((i = 0; i < nfiles; i++)); do
+	d=$work/live/dir$((i % 10))
+	[ -d "$d" ] || mkdir "$d"
+	# between a quarter and 1.75 times the average size
+	sz=$((avg / 4 + avg * 3 * RANDOM / 65536))
+	head -c "$sz" /dev/urandom > "$d/file$i" || fail "writing $d/file$i"
+	bytes=$((bytes + sz))
+done
+head -c $((fio_mb * 1048576)) /dev/urandom > "$work/live/fio.dat" || fail "writing fio.dat"
+sync
+say "filled:  $nfiles files, $(calc "$bytes / 1048576") MiB, plus a $fio_mb MiB file for fio ($(calc "$(now) - $t") s)"
+
+# --- the point in time -------------------------------------------------------
+# Freeze the filesystem so that it is consistent on disk, hash every file,
+# start the backup, thaw.  The backup holds what the device held when
+# `backup start' was accepted.
+fsfreeze -f "$work/live" || fail "fsfreeze -f"
+frozen=1
+t=$(now)
+(cd "$work/live" && find . -type f -print0 | sort -z | xargs -0 sha256sum) \
+	> "$work/sums" || fail "hashing the files"
+nsums=$(wc -l < "$work/sums")
+dmsetup message "$name" 0 backup start demo "$target" sync=full speed="$speed" ||
+	fail "backup start (see dmesg)"
+start=$(now)
+fsfreeze -u "$work/live" || fail "fsfreeze -u"
+frozen=0
+say "instant: fs frozen $(calc "$start - $t") s: $nsums files hashed, then" \
+	"'backup start demo $target sync=full speed=$speed'"
+
+# --- the workload, while the backup runs --------------------------------------
+fio --name=churn --filename="$work/live/fio.dat" --size=${fio_mb}M \
+	--rw=randwrite --bs=4k --direct=1 --ioengine=libaio --iodepth=16 \
+	--time_based --runtime=$((timeout_s + 60)) \
+	--output-format=json --output="$work/fio.json" > "$work/fio.log" 2>&1 &
+fio_pid=$!
+
+mapfile -t files < <(cd "$work/live" && find . -path './dir*' -type f | sort)
+overwritten=0
+deleted=0
+say "backup running; fio writes 4 KiB blocks at random into fio.dat, and every"
+say "second one file is overwritten and another deleted:"
+say "   time  state        done               rate"
+tick=0
+last_state=
+while :; do
+	sleep 0.25
+	tick=$((tick + 1))
+	read_job || fail "job demo not found in: $(dmsetup status "$name")"
+	elapsed=$(calc "$(now) - $start")
+	case $st_state in
+	running|paused) ;;
+	completed) break ;;
+	*) fail "job ended $st_state, last error $st_error" ;;
+	esac
+	[ -n "$fio_pid" ] && ! kill -0 "$fio_pid" 2>/dev/null &&
+		fail "fio stopped early: $(tail -n 3 "$work/fio.log")"
+	if awk "BEGIN { exit !($elapsed > $timeout_s) }"; then
+		fail "backup not completed after ${timeout_s}s (state $st_state)"
+	fi
+	if [ $((tick % 4)) = 0 ] || [ "$st_state" != "$last_state" ]; then
+		printf '%6s s  %-9s %5s%%  %6s/%s MiB  %5s MiB/s\n' "$elapsed" \
+			"$st_state" "$(calc "100 * $st_done / $st_total")" \
+			"$(calc "$st_done / 1048576")" "$(calc "$st_total / 1048576")" \
+			"$(calc "$st_done / 1048576 / $elapsed")"
+		last_state=$st_state
+	fi
+	if [ $((tick % 4)) = 0 ] && [ $((2 * deleted + 1)) -lt ${#files[@]} ]; then
+		# overwrite the first 64 KiB of one file, delete another
+		f=${files[2 * deleted]}
+		head -c 65536 /dev/urandom |
+			dd of="$work/live/$f" bs=64k seek=0 conv=notrunc status=none &&
+			overwritten=$((overwritten + 1))
+		rm -f "$work/live/${files[2 * deleted + 1]}" && deleted=$((deleted + 1))
+	fi
+done
+end=$(now)
+duration=$(calc "$end - $start")
+printf '%6s s  %-9s %5s%%  %6s/%s MiB\n' "$duration" "$st_state" "100.0" \
+	"$(calc "$st_done / 1048576")" "$(calc "$st_total / 1048576")"
+
+kill -TERM "$fio_pid" 2>/dev/null
+wait "$fio_pid" 2>/dev/null
+fio_pid=
+iops=n/a
+fio_mib=n/a
+if command -v jq >/dev/null && [ -s "$work/fio.json" ]; then
+	# fio may print a line or two before the JSON
+	json=$(sed -n '/^{/,$p' "$work/fio.json")
+	iops=$(jq -r '.jobs[0].write.iops | floor' <<< "$json" 2>/dev/null) || iops=n/a
+	fio_mib=$(jq -r '.jobs[0].write.io_bytes / 1048576 | floor' <<< "$json" 2>/dev/null) ||
+		fio_mib=n/a
+fi
+sync
+
+say "job:     $(dmsetup message "$name" 0 job list)"
+# Dismissing waits until the job has let go of its target.
+dmsetup message "$name" 0 job dismiss demo || fail "job dismiss"
+
+# --- check the backup ----------------------------------------------------------
+if ! e2fsck -fn "$target" > "$work/fsck.log" 2>&1; then
+	tail -n 20 "$work/fsck.log" >&2
+	fail "e2fsck -fn $target found problems"
+fi
+say "e2fsck:  -fn on $target: clean"
+
+mount -o ro,noatime "$target" "$work/backup" || fail "mount -o ro $target"
+if ! (cd "$work/backup" && sha256sum -c --quiet "$work/sums") > "$work/verify.log" 2>&1; then
+	head -n 10 "$work/verify.log" >&2
+	fail "$(grep -c -v ': OK$' "$work/verify.log") of $nsums files in the backup differ from the point in time"
+fi
+say "verify:  $nsums/$nsums files in the backup match their sha256 at the point in time"
+
+# The live filesystem really moved on: the same check there must fail.
+changed=$( (cd "$work/live" && sha256sum -c --quiet "$work/sums" 2>/dev/null) | wc -l)
+[ "$changed" -gt 0 ] || fail "the live filesystem did not change during the backup"
+
+total_mib=$(calc "$st_total / 1048576")
+say "== summary"
+say "  backed up       $total_mib MiB device ($(calc "$bytes / 1048576") MiB in $nfiles files, plus fio.dat)"
+say "  job duration    $duration s at speed=$speed"
+say "  throughput      $(calc "$st_total / 1048576 / $duration") MiB/s"
+say "  files verified  $nsums (the live copies of $changed of them changed meanwhile)"
+say "  during backup   fio $iops write IOPS (4 KiB random, $fio_mib MiB written)," \
+	"$overwritten files overwritten, $deleted deleted"
+say "PASS"
+exit 0

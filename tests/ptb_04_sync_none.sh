@@ -1,0 +1,62 @@
+#!/bin/bash
+# sync=none: only the old data of overwritten chunks goes to the target,
+# once per chunk, until the job is cancelled.  All-zero chunks are sent as
+# write-zeroes and leave a sparse target sparse.
+. "$(dirname "$0")/lib/tap.sh"
+. "$(dirname "$0")/lib/ptb.sh"
+need_root
+need_cmd dmsetup
+
+CH=64k			# chunk: 128 sectors
+tap_plan 11
+
+mapfile -t devs < <(make_brd 3 16)
+origin=${devs[0]} target=${devs[1]} scratch=${devs[2]}
+fill_random "$origin"
+dd if=/dev/zero of="$target" bs=1M oflag=direct status=none
+sz=$(dev_sectors "$origin")
+dm_create ptb_n "0 $sz ptbackup $origin - 128"
+cp_chunk() {	# cp_chunk DEV N OUT
+	dd if="$1" of="$3" bs=$CH skip="$2" count=1 iflag=direct status=none
+}
+for c in 3 10 11 200 255; do cp_chunk "$origin" $c /tmp/old.$c; done
+
+tap_check "start sync=none" dm_msg ptb_n backup start snap "$target" sync=none
+# Overwrite: all of chunk 3; 4 KiB inside 10; a write straddling 10/11;
+# a discard-free zeroing write of 200; chunk 255 twice.
+head -c 64k /dev/urandom > /tmp/new
+dd if=/tmp/new of=/dev/mapper/ptb_n bs=$CH seek=3 oflag=direct status=none
+dd if=/tmp/new of=/dev/mapper/ptb_n bs=4k seek=$((10 * 16 + 5)) count=1 oflag=direct status=none
+dd if=/tmp/new of=/dev/mapper/ptb_n bs=4k seek=$((11 * 16 - 2)) count=4 oflag=direct status=none
+dd if=/dev/zero of=/dev/mapper/ptb_n bs=$CH seek=200 count=1 oflag=direct status=none
+dd if=/tmp/new of=/dev/mapper/ptb_n bs=$CH seek=255 oflag=direct status=none
+head -c 64k /dev/urandom | dd of=/dev/mapper/ptb_n bs=$CH seek=255 oflag=direct status=none
+tap_eq "5 chunks copied" $((5 * 65536)) "$(ptb_job_field ptb_n snap done)"
+tap_eq "sync=none stays running" running "$(ptb_job_field ptb_n snap state)"
+tap_check "cancel" dm_msg ptb_n job cancel snap
+tap_eq "state cancelled" cancelled "$(ptb_job_field ptb_n snap state)"
+
+same=1
+for c in 3 10 11 200 255; do
+	cp_chunk "$target" $c /tmp/got.$c
+	cmp -s /tmp/old.$c /tmp/got.$c || { tap_diag "chunk $c differs"; same=0; }
+done
+tap_eq "target holds the old data of the overwritten chunks" 1 "$same"
+# Every other chunk is untouched (still zero).
+tap_eq "no other chunk was written" "3 10 11 200 255" \
+	"$(python3 tests/lib/chunks.py nonzero "$target" 65536)"
+tap_check "target is free after cancel" \
+	dmsetup create ptb_n_probe --table "0 8 linear $target 0"
+dmsetup remove ptb_n_probe
+
+# Zero chunks: a sparse loop target stays sparse.
+dm_msg ptb_n job dismiss snap
+zorigin=$(make_loop 32) ztarget=$(make_loop 32)
+dm_create ptb_z "0 $(dev_sectors "$zorigin") ptbackup $zorigin - 128"
+zfile=$(losetup -nO BACK-FILE "$ztarget")
+dm_msg ptb_z backup start z "$ztarget"
+tap_check "all-zero backup completes" ptb_wait_state ptb_z z completed 120
+tap_eq "all bytes counted as zero" "zero=$((32 << 20))" \
+	"$(dm_msg ptb_z job list | tr ' ' '\n' | grep '^zero=')"
+tap_eq "target file stays sparse" 0 "$(du -k "$zfile" | cut -f1)"
+tap_done

@@ -1,0 +1,74 @@
+#!/bin/bash
+# Job control: speed limit, set_speed, pause, resume, cancel, dismiss, and
+# an event on every state change.
+. "$(dirname "$0")/lib/tap.sh"
+. "$(dirname "$0")/lib/ptb.sh"
+need_root
+need_cmd dmsetup
+
+tap_plan 16
+mapfile -t devs < <(make_brd 3 64)
+origin=${devs[0]} target=${devs[1]} target2=${devs[2]}
+fill_random "$origin"
+sz=$(dev_sectors "$origin")
+dev=ptb_c
+dm_create $dev "0 $sz ptbackup $origin - 128"
+events() { dmsetup info $dev | sed -n 's/^Event number: *//p'; }
+done_bytes() { ptb_job_field $dev j done; }
+now() { date +%s.%N; }
+
+ev0=$(events)
+dm_msg $dev backup start j "$target" speed=2M
+ev1=$(events)
+tap_eq "an event when the job starts" 1 $((ev1 > ev0))
+
+# The rate over 4 seconds, from the status counters.
+sleep 1
+t0=$(now) b0=$(done_bytes)
+sleep 4
+t1=$(now) b1=$(done_bytes)
+rate=$(echo "($b1 - $b0) / ($t1 - $t0)" | bc)
+tap_diag "measured $rate bytes/s at speed=2M"
+tap_eq "speed=2M limits the rate to within 25%" 1 \
+	"$(echo "r = $rate; r >= 2097152 * 0.75 && r <= 2097152 * 1.25" | bc)"
+
+tap_check "set_speed 4M" dm_msg $dev job set_speed j 4M
+tap_eq "status shows the new speed" 4194304 "$(ptb_job_field $dev j speed)"
+sleep 1
+t0=$(now) b0=$(done_bytes)
+sleep 3
+t1=$(now) b1=$(done_bytes)
+rate=$(echo "($b1 - $b0) / ($t1 - $t0)" | bc)
+tap_diag "measured $rate bytes/s at speed=4M"
+tap_eq "set_speed 4M limits the rate to within 25%" 1 \
+	"$(echo "r = $rate; r >= 4194304 * 0.75 && r <= 4194304 * 1.25" | bc)"
+
+ev0=$(events)
+tap_check "pause" dm_msg $dev job pause j
+tap_eq "state paused" paused "$(ptb_job_field $dev j state)"
+tap_eq "an event when the job pauses" 1 $(($(events) > ev0))
+sleep 0.5
+b0=$(done_bytes)
+sleep 2
+tap_eq "no progress while paused" "$b0" "$(done_bytes)"
+
+# A paused job still protects its chunks (chunk 1000 is not copied yet).
+dd if="$origin" of=/tmp/old bs=64k skip=1000 count=1 iflag=direct status=none
+head -c 64k /dev/urandom | dd of=/dev/mapper/$dev bs=64k seek=1000 oflag=direct status=none
+tap_eq "a paused job still copies before write" "$(sha256sum < /tmp/old)" \
+	"$(dd if="$target" bs=64k skip=1000 count=1 iflag=direct status=none | sha256sum)"
+
+tap_check "resume" dm_msg $dev job resume j
+tap_check "set_speed 0 (unlimited)" dm_msg $dev job set_speed j 0
+ev0=$(events)
+tap_check "job completes" ptb_wait_state $dev j completed 120
+tap_eq "an event when the job completes" 1 $(($(events) > ev0))
+
+# dmsetup wait wakes on a state change.
+dm_msg $dev backup start k "$target2" speed=1M
+ev=$(events)
+(sleep 1; dm_msg $dev job cancel k) &
+tap_check "dmsetup wait wakes on cancel" timeout 30 dmsetup wait $dev "$ev"
+wait
+tap_eq "state cancelled" cancelled "$(ptb_job_field $dev k state)"
+tap_done
