@@ -55,10 +55,10 @@ struct ptb_copy {
  * device destruction), so the worker may walk the job list without holding
  * rcu_read_lock() across the sleeps of I/O submission.
  */
-#define for_each_job_in_worker(job, pd) \
-	list_for_each_entry_rcu(job, &(pd)->jobs, node, ptb_in_worker(pd))
+#define for_each_job_in_worker(job, pd_) \
+	list_for_each_entry_rcu(job, &(pd_)->jobs, node, ptb_in_worker(pd_))
 
-/*-----------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
 
 /* The first chunk in [sector, sector + sectors) that job still needs. */
 static bool ptb_job_first_pending(const struct ptb_job *job, sector_t sector,
@@ -115,9 +115,9 @@ void ptb_defer_bio(struct ptb_device *pd, struct bio *bio)
 	ptb_wake_worker(pd);
 }
 
-/*-----------------------------------------------------------------
- * Write accounting and the hold used by `backup start'.
- *---------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
+
+/* Write accounting and the hold used by `backup start'. */
 
 /*
  * Count a write as in flight.  Returns false if writes are being held for a
@@ -131,7 +131,9 @@ bool ptb_account_write(struct ptb_device *pd, struct ptb_bio *pb,
 	bool held;
 
 	atomic_inc(&pd->writes_in_flight);
+	/* Count before looking at the hold: pairs with smp_mb() in hold. */
 	smp_mb__after_atomic();
+	/* Acquire: a lifted hold means the new job is on the list. */
 	if (likely(!smp_load_acquire(&pd->hold_writes))) {
 		pb->counted = true;
 		return true;
@@ -174,6 +176,7 @@ void ptb_hold_writes(struct ptb_device *pd)
 	spin_lock_irq(&pd->bio_lock);
 	WRITE_ONCE(pd->hold_writes, 1);
 	spin_unlock_irq(&pd->bio_lock);
+	/* Hold before reading the count: pairs with ptb_account_write(). */
 	smp_mb();
 	wait_event(pd->writes_drained, !atomic_read(&pd->writes_in_flight));
 }
@@ -181,6 +184,7 @@ void ptb_hold_writes(struct ptb_device *pd)
 void ptb_release_writes(struct ptb_device *pd)
 {
 	spin_lock_irq(&pd->bio_lock);
+	/* Release: the new job is published before writes see no hold. */
 	smp_store_release(&pd->hold_writes, 0);
 	bio_list_merge(&pd->deferred_bios, &pd->held_bios);
 	bio_list_init(&pd->held_bios);
@@ -188,9 +192,9 @@ void ptb_release_writes(struct ptb_device *pd)
 	ptb_wake_worker(pd);
 }
 
-/*-----------------------------------------------------------------
- * The copy table.  Worker only.
- *---------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
+
+/* The copy table.  Worker only. */
 
 static unsigned long ptb_copy_key(const struct ptb_job *job, unsigned long chunk)
 {
@@ -210,7 +214,7 @@ static struct ptb_copy *ptb_copy_find(struct ptb_job *job, unsigned long chunk)
 
 bool ptb_copy_in_flight(struct ptb_job *job, unsigned long chunk)
 {
-	return ptb_copy_find(job, chunk) != NULL;
+	return !!ptb_copy_find(job, chunk);
 }
 
 static void ptb_copy_io_done(unsigned long error, void *context)
@@ -366,7 +370,7 @@ static void ptb_copy_failed(struct ptb_copy *c, enum ptb_error_site site)
 			      site == PTB_SITE_SOURCE ? job->on_source_error :
 							job->on_target_error);
 	} else if (job->on_cbw_error == PTB_CBW_BREAK_GUEST_WRITE) {
-		DMERR_LIMIT("%s: job %s: copy-before-write of chunk %lu failed (%d), failing the write",
+		DMERR_LIMIT("%s: job %s: copy of chunk %lu failed (%d), failing the write",
 			    ptb_device_name(job->pd), job->id, c->chunk, c->error);
 		job->error_site = PTB_SITE_CBW;
 		job->last_error = c->error;
@@ -399,9 +403,9 @@ static void ptb_copy_advance(struct ptb_copy *c)
 	}
 }
 
-/*-----------------------------------------------------------------
- * The worker.
- *---------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
+
+/* The worker. */
 
 /* Returns false if the bio could not be handled now and must be retried. */
 static bool ptb_handle_write(struct ptb_device *pd, struct bio *bio)
@@ -498,7 +502,7 @@ void ptb_do_waker(struct work_struct *ws)
 	ptb_wake_worker(pd);
 }
 
-/*-----------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
 
 int ptb_cow_init(struct ptb_device *pd)
 {

@@ -83,9 +83,9 @@ struct ptb_job *ptb_job_find(struct ptb_device *pd, const char *id)
 	return NULL;
 }
 
-/*-----------------------------------------------------------------
- * Creation.
- *---------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
+
+/* Creation. */
 
 static void ptb_job_free_slots(struct ptb_job *job)
 {
@@ -168,7 +168,7 @@ static int ptb_job_open_target(struct ptb_target *pt, struct ptb_job *job,
 
 	r = ptb_bdev_open_excl(path, job, &job->target);
 	if (r == -EBUSY) {
-		DMERR("%s: backup start %s: target %s is busy (mounted, or held by another device or job)",
+		DMERR("%s: backup start %s: target %s is busy (in use by a mount, device or job)",
 		      name, job->id, path);
 		return r;
 	} else if (r) {
@@ -180,7 +180,7 @@ static int ptb_job_open_target(struct ptb_target *pt, struct ptb_job *job,
 	target = job->target.bdev;
 	job->target_dev = target->bd_dev;
 	if (bdev_nr_sectors(target) < pt->ti->len) {
-		DMERR("%s: backup start %s: target %s (%llu sectors) is smaller than the device (%llu sectors)",
+		DMERR("%s: backup start %s: target %s has %llu sectors, fewer than the device's %llu",
 		      name, job->id, path,
 		      (unsigned long long)bdev_nr_sectors(target),
 		      (unsigned long long)pt->ti->len);
@@ -275,9 +275,9 @@ bad:
 	return r;
 }
 
-/*-----------------------------------------------------------------
- * Progress and errors.  Worker only.
- *---------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
+
+/* Progress and errors.  Worker only. */
 
 void ptb_job_copy_done(struct ptb_job *job, unsigned long chunk, sector_t len,
 		       bool zero)
@@ -329,9 +329,9 @@ void ptb_job_error(struct ptb_job *job, enum ptb_error_site site, int err,
 	}
 }
 
-/*-----------------------------------------------------------------
- * The background sweep and completion.  Worker only.
- *---------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
+
+/* The background sweep and completion.  Worker only. */
 
 /*
  * May the sweep issue another chunk now?  Returns 0 if so, else the delay
@@ -482,9 +482,9 @@ unsigned long ptb_job_service(struct ptb_job *job)
 	return 0;
 }
 
-/*-----------------------------------------------------------------
- * Messages.  Caller holds pd->lock.
- *---------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
+
+/* Messages.  Caller holds pd->lock. */
 
 int ptb_job_cancel(struct ptb_job *job)
 {
@@ -549,7 +549,7 @@ void ptb_jobs_destroy(struct ptb_device *pd)
 	}
 }
 
-/*-----------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
 
 static const char *ptb_job_error_string(const struct ptb_job *job, char *buf,
 					size_t len)
@@ -581,10 +581,11 @@ unsigned int ptb_job_emit(const struct ptb_job *job, char *result,
 		       (unsigned long long)READ_ONCE(job->speed), error);
 		return sz;
 	}
-	DMEMIT("%s type=backup sync=%s state=%s done=%llu total=%llu speed=%llu zero=%llu target=%u:%u chunk=%u error=%s\n",
+	DMEMIT("%s type=backup sync=%s state=%s done=%llu total=%llu speed=%llu",
 	       job->id, ptb_sync_name(job->sync), state, done,
 	       (unsigned long long)job->bytes_total,
-	       (unsigned long long)READ_ONCE(job->speed),
+	       (unsigned long long)READ_ONCE(job->speed));
+	DMEMIT(" zero=%llu target=%u:%u chunk=%u error=%s\n",
 	       (unsigned long long)atomic64_read(&job->zero_bytes),
 	       MAJOR(job->target_dev), MINOR(job->target_dev),
 	       1U << job->chunk_shift, error);

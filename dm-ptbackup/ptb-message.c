@@ -112,9 +112,9 @@ static bool ptb_valid_job_id(const char *id)
 	return true;
 }
 
-/*-----------------------------------------------------------------
- * backup start <id> <target> [key=value ...]
- *---------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
+
+/* backup start <id> <target> [key=value ...] */
 
 enum ptb_option {
 	PTB_OPT_SYNC,
@@ -199,7 +199,7 @@ static int ptb_msg_backup_start(struct ptb_target *pt, unsigned int argc,
 	int r;
 
 	if (!ptb_valid_job_id(argv[0])) {
-		DMERR("%s: backup start: invalid job id `%s': use 1 to %u letters, digits, `.', `_', `-' or `:'",
+		DMERR("%s: backup start: invalid job id `%s': use 1 to %u of [A-Za-z0-9._:-]",
 		      dev, argv[0], PTB_JOB_ID_MAX);
 		return -EINVAL;
 	}
@@ -213,9 +213,9 @@ static int ptb_msg_backup_start(struct ptb_target *pt, unsigned int argc,
 	return ptb_job_start(pt, &p);
 }
 
-/*-----------------------------------------------------------------
- * job <verb> <id> ...
- *---------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
+
+/* job <verb> <id> ... */
 
 static struct ptb_job *ptb_msg_find_job(struct ptb_target *pt, const char *verb,
 					const char *id)
@@ -275,7 +275,7 @@ static int ptb_msg_job_set_speed(struct ptb_target *pt, unsigned int argc,
 	u64 speed;
 
 	if (ptb_parse_size(argv[1], &speed)) {
-		DMERR("%s: job set_speed %s: invalid speed `%s': bytes/s with optional K, M or G suffix",
+		DMERR("%s: job set_speed %s: invalid speed `%s' (bytes/s, K/M/G suffix)",
 		      ptb_device_name(pt->pd), argv[0], argv[1]);
 		return -EINVAL;
 	}
@@ -299,7 +299,7 @@ static int ptb_msg_job_list(struct ptb_target *pt, unsigned int argc,
 	return 1;
 }
 
-/*-----------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
 
 static const struct ptb_message_handler ptb_handlers[] = {
 	{ "backup", "start", 2, 2 + PTB_NR_OPTS, ptb_msg_backup_start },

@@ -24,9 +24,9 @@
 static LIST_HEAD(ptb_devices);
 static DEFINE_MUTEX(ptb_devices_lock);
 
-/*-----------------------------------------------------------------
- * The per-device object, shared by the device's table instances.
- *---------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
+
+/* The per-device object, shared by the device's table instances. */
 
 void ptb_device_event(struct ptb_device *pd)
 {
@@ -149,9 +149,9 @@ static void ptb_device_detach(struct ptb_target *pt)
 		ptb_device_destroy(pd);
 }
 
-/*-----------------------------------------------------------------
- * Constructor.
- *---------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
+
+/* Constructor. */
 
 static int parse_origin_dev(struct ptb_target *pt, const char *arg,
 			    char **error)
@@ -271,7 +271,7 @@ static int ptb_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	int r;
 
 	if (argc < 3) {
-		ti->error = "Requires at least 3 arguments: <origin_dev> <metadata_dev|-> <chunk_sectors>";
+		ti->error = "Requires at least 3 arguments: <origin> <metadata|-> <chunk_sectors>";
 		return -EINVAL;
 	}
 
@@ -321,9 +321,9 @@ static void ptb_dtr(struct dm_target *ti)
 	kfree(pt);
 }
 
-/*-----------------------------------------------------------------
- * I/O.
- *---------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
+
+/* I/O. */
 
 /* Keep a write inside one chunk while jobs may need to copy it. */
 static void ptb_split_write(struct ptb_target *pt, struct bio *bio)
@@ -379,9 +379,9 @@ static void ptb_resume(struct dm_target *ti)
 	ptb_wake_worker(pd);
 }
 
-/*-----------------------------------------------------------------
- * Status, messages, devices.
- *---------------------------------------------------------------*/
+/*----------------------------------------------------------------*/
+
+/* Status, messages, devices. */
 
 static void ptb_status(struct dm_target *ti, status_type_t type,
 		       unsigned int status_flags, char *result,

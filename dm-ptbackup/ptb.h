@@ -157,7 +157,7 @@ struct ptb_device {
 	int hold_writes;		/* smp_load_acquire/smp_store_release */
 	wait_queue_head_t writes_drained;
 
-	spinlock_t bio_lock;
+	spinlock_t bio_lock;		/* the three lists below */
 	struct bio_list held_bios;	/* arrived while hold_writes was set */
 	struct bio_list deferred_bios;	/* writes to check against the jobs */
 	struct list_head completed_copies;

@@ -57,7 +57,7 @@ refuse "target is a regular file" "cannot find target block device" backup start
 refuse "target is the origin" "is the origin device" backup start j1 "$origin"
 refuse "target is the metadata device" "is the metadata device" backup start j1 "$meta"
 refuse "target is the device itself" "is this device itself" backup start j1 "$self"
-refuse "target smaller than the device" "is smaller than the device" backup start j1 "$small"
+refuse "target smaller than the device" "fewer than the device" backup start j1 "$small"
 refuse "target busy" "is busy" backup start j1 "$busy"
 refuse "target used by another job" "is busy" backup start j1 "$tgt2"
 refuse "cancel unknown job" "no job \`nope'" job cancel nope

@@ -23,25 +23,25 @@ scribble() {	# scribble N: N random 64 KiB writes at random chunks
 
 # Two jobs with different points in time, across suspend/resume and reload.
 want1=$(sha_dev "$origin")
-dm_msg $dev backup start one "$t1" speed=3M
-scribble 20
+dm_msg $dev backup start one "$t1" speed=1M
+scribble 8
 want2=$(sha_dev "$origin")
-dm_msg $dev backup start two "$t2" speed=3M
+dm_msg $dev backup start two "$t2" speed=1M
 tap_eq "two jobs run at once" "running running" \
 	"$(ptb_job_field $dev one state) $(ptb_job_field $dev two state)"
-scribble 10
+scribble 5
 tap_check "suspend mid-job" dmsetup suspend $dev
 tap_eq "jobs survive suspend" "running running" \
 	"$(ptb_job_field $dev one state) $(ptb_job_field $dev two state)"
 tap_check "resume" dmsetup resume $dev
-scribble 10
+scribble 5
 tap_check "reload with another table (copy_slots 4) mid-job" \
 	dmsetup reload $dev --table "0 $sz ptbackup $origin - 128 2 copy_slots 4"
 dmsetup suspend $dev && dmsetup resume $dev
 tap_eq "the new table is live" "2 copy_slots 4" "$(dmsetup table $dev | cut -d' ' -f7-)"
 tap_eq "jobs survive the reload" "running running" \
 	"$(ptb_job_field $dev one state) $(ptb_job_field $dev two state)"
-scribble 10
+scribble 5
 dm_msg $dev job set_speed one 0
 dm_msg $dev job set_speed two 0
 tap_check "job one completes" ptb_wait_state $dev one completed 120

@@ -49,7 +49,7 @@ tap_eq "stop: backup is correct" "$want" "$(sha_dev "$tdisk")"
 fresh s
 
 # ignore: the job keeps retrying and completes once the target is back.
-dd if=/dev/zero of="$tdisk" bs=1M oflag=direct status=none
+dd if=/dev/zero of="$tdisk" bs=1M oflag=direct status=none 2>/dev/null
 dm_msg $dev backup start i "$tgt" on_target_error=ignore speed=2M
 sleep 2
 tgt_bad
