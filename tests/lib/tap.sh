@@ -10,6 +10,8 @@
 # Devices:  make_brd COUNT SIZE_MB | make_loop SIZE_MB | sha_dev DEV [BYTES]
 #           dev_sectors DEV | dm_create NAME TABLE | dm_msg DEV ARGS...
 #           dm_status_field DEV N | dm_table_field DEV N
+# Low level: _tap_run CMD...  runs CMD, sets TAP_RC and TAP_OUT (stdout+stderr).
+# Exit codes of tap_done: 0 all passed, 1 a failure, 4 (KSFT_SKIP) all skipped.
 set -u
 
 TAP_NUM=0

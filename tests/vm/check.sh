@@ -4,6 +4,7 @@
 # be built and installed under /lib/modules/KVER (the Makefile does that).
 #   usage: tests/vm/check.sh [--kver KVER] [--outdir DIR] [--timeout SECS]
 #   env:   KVER, TESTS, TEST_TIMEOUT, VM_TIMEOUT, CHECK_OUTDIR
+# Logs go to OUTDIR (default: a new /tmp/ptbackup-check-KVER.XXXXXX).
 set -u
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -19,13 +20,15 @@ while [ $# -gt 0 ]; do
 	--outdir=*) outdir=${1#*=}; shift ;;
 	--timeout) vm_args+=(--timeout "${2:?}"); shift 2 ;;
 	--timeout=*) vm_args+=(--timeout "${1#*=}"); shift ;;
-	-h|--help) sed -n '2,6s/^# \{0,1\}//p' "$0"; exit 0 ;;
+	-h|--help) sed -n '2,7s/^# \{0,1\}//p' "$0"; exit 0 ;;
 	*) echo "check.sh: unknown argument '$1'" >&2; exit 2 ;;
 	esac
 done
 
 [ -n "$kver" ] && vm_args+=(--kver "$kver")
-outdir=${outdir:-${TMPDIR:-/tmp}/ptbackup-check${kver:+-$kver}}
+if [ -z "$outdir" ]; then
+	outdir=$(mktemp -d "${TMPDIR:-/tmp}/ptbackup-check${kver:+-$kver}.XXXXXX") || exit 1
+fi
 mkdir -p "$outdir" || exit 1
 log=$outdir/check.log
 for v in TESTS TEST_TIMEOUT; do

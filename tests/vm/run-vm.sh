@@ -84,10 +84,11 @@ if [ -z "$outdir" ]; then
 fi
 mkdir -p "$outdir" || die "cannot create $outdir"
 outdir=$(cd "$outdir" && pwd -P)
+case $outdir in *,*) die "outdir must not contain a comma: $outdir" ;; esac
 rm -f "$outdir/rc" "$outdir/dmesg.txt" "$outdir/dmesg-live.txt" "$outdir/guest-cmd.sh"
 
 # --- initramfs: busybox + the modules needed to mount a 9p root -------------
-cache=${XDG_CACHE_HOME:-$HOME/.cache}/ptbackup-vm/$kver
+cache=${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/ptbackup-vm/$kver
 initrd=$cache/initrd.cpio.gz
 mkdir -p "$cache" || die "cannot create $cache"
 
