@@ -5,6 +5,7 @@
 #   make                 build the module (and the userspace tool) for KVER
 #   make check           install what is missing, build, boot a VM, run the suite
 #   make demo            live backup demo in the VM
+#   make check-debug     the suite on a debug kernel (KASAN, lockdep, kmemleak)
 #   make lint            W=1 and sparse build, checkpatch
 #   make KVER=<release>  pick the kernel (default: newest installed Debian headers)
 #
@@ -16,7 +17,7 @@ KVER ?= $(shell ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | \
 KDIR ?= /usr/src/linux-headers-$(KVER)
 MODDIR ?= /lib/modules/$(KVER)/updates/dm-ptbackup
 
-.PHONY: all module tools install-module deps check check-vm demo demo-vm lint clean
+.PHONY: all module tools install-module deps check check-vm check-debug demo demo-vm lint clean
 
 all: module tools
 
@@ -43,6 +44,11 @@ check: deps
 
 check-vm: install-module tools
 	bash tests/vm/check.sh --kver $(KVER)
+
+# The debug lane: a KASAN/lockdep/kmemleak kernel built from linux-source,
+# cached outside the repo (see tests/vm/check-debug.sh).
+check-debug: deps
+	bash tests/vm/check-debug.sh
 
 demo: deps
 	$(MAKE) demo-vm

@@ -368,10 +368,32 @@ static int ptb_end_io(struct dm_target *ti, struct bio *bio,
 	return DM_ENDIO_DONE;
 }
 
+/*
+ * Deliberate bugs for proving that the debug lane catches them; compiled in
+ * only with `make PTB_TEST_FAULT=...' (see Kbuild).
+ */
+static void ptb_test_faults(struct ptb_device *pd)
+{
+#ifdef PTB_TEST_FAULT_LEAK
+	void *leak = kmalloc(96, GFP_KERNEL);
+
+	pr_info("ptbackup: PTB_TEST_FAULT_LEAK: leaking %p\n", leak);
+#endif
+#ifdef PTB_TEST_FAULT_LOCK_ORDER
+	/* Messages take pd->lock, then event_lock: this is the reverse. */
+	mutex_lock(&pd->event_lock);
+	mutex_lock(&pd->lock);
+	mutex_unlock(&pd->lock);
+	mutex_unlock(&pd->event_lock);
+#endif
+}
+
 static void ptb_resume(struct dm_target *ti)
 {
 	struct ptb_target *pt = ti->private;
 	struct ptb_device *pd = pt->pd;
+
+	ptb_test_faults(pd);
 
 	mutex_lock(&pd->event_lock);
 	pd->live = pt;
