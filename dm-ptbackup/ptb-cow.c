@@ -22,6 +22,7 @@
 #include <linux/vmalloc.h>
 
 #include "ptb.h"
+#include "ptb-bitmap.h"
 
 #define DM_MSG_PREFIX "ptbackup"
 
@@ -167,12 +168,13 @@ void ptb_write_done(struct ptb_device *pd, struct ptb_bio *pb)
 
 /*
  * Hold back new writes and wait until every write already mapped has
- * completed.  Writes waiting for a copy count as in flight; copies make
- * progress without the hold being lifted, so this cannot deadlock.
- * Caller holds pd->lock.
+ * completed.  Writes waiting for a copy or a bitmap commit count as in
+ * flight; copies and commits make progress without the hold being lifted,
+ * so this cannot deadlock.  Holds pd->hold_lock until ptb_release_writes().
  */
 void ptb_hold_writes(struct ptb_device *pd)
 {
+	mutex_lock(&pd->hold_lock);
 	spin_lock_irq(&pd->bio_lock);
 	WRITE_ONCE(pd->hold_writes, 1);
 	spin_unlock_irq(&pd->bio_lock);
@@ -189,6 +191,7 @@ void ptb_release_writes(struct ptb_device *pd)
 	bio_list_merge(&pd->deferred_bios, &pd->held_bios);
 	bio_list_init(&pd->held_bios);
 	spin_unlock_irq(&pd->bio_lock);
+	mutex_unlock(&pd->hold_lock);
 	ptb_wake_worker(pd);
 }
 
@@ -415,8 +418,15 @@ static bool ptb_handle_write(struct ptb_device *pd, struct bio *bio)
 	struct ptb_copy *c;
 	unsigned long chunk;
 
-	if (!pb->counted && !ptb_account_write(pd, pb, bio))
-		return true;
+	if (!pb->counted) {
+		/* Held by a hold: it has not been through the map checks. */
+		if (!ptb_account_write(pd, pb, bio))
+			return true;
+		if (ptb_bitmaps_mark(pd, bio)) {
+			ptb_defer_mark(pd, bio);
+			return true;
+		}
+	}
 
 	for_each_job_in_worker(job, pd) {
 		if (!ptb_job_first_pending(job, bio->bi_iter.bi_sector,

@@ -16,6 +16,7 @@
 #include <linux/vmalloc.h>
 
 #include "ptb.h"
+#include "ptb-bitmap.h"
 
 #define DM_MSG_PREFIX "ptbackup"
 
@@ -45,9 +46,15 @@ const char *ptb_job_state_name(enum ptb_job_state s)
 	return ptb_state_names[s];
 }
 
+static const char * const ptb_sync_names[] = {
+	[PTB_SYNC_FULL] = "full",
+	[PTB_SYNC_NONE] = "none",
+	[PTB_SYNC_INCREMENTAL] = "incremental",
+};
+
 const char *ptb_sync_name(enum ptb_sync_mode m)
 {
-	return m == PTB_SYNC_FULL ? "full" : "none";
+	return ptb_sync_names[m];
 }
 
 bool ptb_job_active(const struct ptb_job *job)
@@ -81,6 +88,14 @@ struct ptb_job *ptb_job_find(struct ptb_device *pd, const char *id)
 		if (!strcmp(job->id, id))
 			return job;
 	return NULL;
+}
+
+static void ptb_job_log_completion(struct ptb_job *job)
+{
+	DMINFO("%s: job %s completed: %llu bytes, %llu of them zeroes",
+	       ptb_device_name(job->pd), job->id,
+	       (unsigned long long)atomic64_read(&job->bytes_done),
+	       (unsigned long long)atomic64_read(&job->zero_bytes));
 }
 
 /*----------------------------------------------------------------*/
@@ -195,6 +210,74 @@ static int ptb_job_open_target(struct ptb_target *pt, struct ptb_job *job,
 	return 0;
 }
 
+static int ptb_job_check_bitmap(struct ptb_target *pt,
+				const struct ptb_job_params *p,
+				struct ptb_bitmap **bp)
+{
+	const char *name = ptb_device_name(pt->pd);
+	struct ptb_bitmap *b;
+
+	if (!p->bitmap) {
+		if (p->sync == PTB_SYNC_INCREMENTAL) {
+			DMERR("%s: backup start %s: sync=incremental needs bitmap=<name>",
+			      name, p->id);
+			return -EINVAL;
+		}
+		return 0;
+	}
+	if (p->sync == PTB_SYNC_NONE) {
+		DMERR("%s: backup start %s: bitmap= needs sync=full or sync=incremental",
+		      name, p->id);
+		return -EINVAL;
+	}
+	b = ptb_bitmap_find(pt->pd, p->bitmap);
+	if (!b) {
+		DMERR("%s: backup start %s: no bitmap `%s'", name, p->id, p->bitmap);
+		return -ENOENT;
+	}
+	if (b->busy) {
+		DMERR("%s: backup start %s: bitmap %s is in use by job %s", name,
+		      p->id, b->name, b->busy->id);
+		return -EBUSY;
+	}
+	if (p->sync == PTB_SYNC_INCREMENTAL && READ_ONCE(b->inconsistent)) {
+		DMERR("%s: backup start %s: bitmap %s lost track of writes (metadata failure): take a full backup",
+		      name, p->id, b->name);
+		return -EINVAL;
+	}
+	*bp = b;
+	return 0;
+}
+
+/*
+ * Hand the bitmap back when the job ends, with writes held so that no
+ * write falls between the bitmap and its successor.  On success the job
+ * completes only now, so a completed job's bitmap is already updated.
+ */
+static void ptb_job_finalize(struct work_struct *ws)
+{
+	struct ptb_job *job = container_of(ws, struct ptb_job, finalize_work);
+	struct ptb_device *pd = job->pd;
+	bool success = job->finalize_success;
+
+	ptb_hold_writes(pd);
+	ptb_bitmap_thaw(pd, job->bitmap, job, success);
+	ptb_release_writes(pd);
+	if (success &&
+	    ptb_job_transition(job, PTB_ACTIVE_STATES, PTB_JOB_COMPLETED))
+		ptb_job_log_completion(job);
+	WRITE_ONCE(job->finalized, true);
+	WRITE_ONCE(job->finalizing, false);
+	ptb_wake_worker(pd);
+}
+
+static void ptb_job_start_finalize(struct ptb_job *job, bool success)
+{
+	job->finalize_success = success;
+	WRITE_ONCE(job->finalizing, true);
+	queue_work(system_long_wq, &job->finalize_work);
+}
+
 /*
  * Create a job and start it.  Its point in time is when it is published:
  * writes are held back and drained first, so every write completed before
@@ -205,6 +288,8 @@ int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p)
 {
 	struct ptb_device *pd = pt->pd;
 	const char *name = ptb_device_name(pd);
+	struct ptb_bitmap *bitmap = NULL;
+	unsigned long *succ = NULL;
 	struct ptb_job *job;
 	int r;
 
@@ -220,6 +305,9 @@ int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p)
 		return -ENOSPC;
 	}
 	r = ptb_job_check_target(pt, p->id, p->target_path);
+	if (r)
+		return r;
+	r = ptb_job_check_bitmap(pt, p, &bitmap);
 	if (r)
 		return r;
 
@@ -240,6 +328,7 @@ int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p)
 	job->bytes_total = (u64)job->dev_sectors << SECTOR_SHIFT;
 	job->origin = pt->origin->bdev;
 	job->rate_next = ktime_get();
+	INIT_WORK(&job->finalize_work, ptb_job_finalize);
 	INIT_LIST_HEAD(&job->slot_waiters);
 	init_completion(&job->finished);
 	atomic64_set(&job->bytes_done, 0);
@@ -257,8 +346,20 @@ int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p)
 	r = ptb_job_alloc_slots(job, pt->copy_slots);
 	if (r)
 		goto bad;
+	if (bitmap) {
+		r = ptb_bitmap_prepare_job(bitmap, &succ);
+		if (r)
+			goto bad;
+		job->bitmap_mode = p->bitmap_mode;
+	}
 
 	ptb_hold_writes(pd);
+	if (bitmap) {
+		job->bitmap = bitmap;
+		ptb_bitmap_freeze(bitmap, job, succ);
+		if (job->sync == PTB_SYNC_INCREMENTAL)
+			ptb_bitmap_select_chunks(bitmap, job);
+	}
 	list_add_tail_rcu(&job->node, &pd->jobs);
 	pd->nr_jobs++;
 	ptb_release_writes(pd);
@@ -419,15 +520,13 @@ static void ptb_job_finish_flush(struct ptb_job *job)
 	if (r == 1)
 		return;
 	job->flushing = false;
-	if (!r) {
-		if (ptb_job_transition(job, BIT(PTB_JOB_RUNNING), PTB_JOB_COMPLETED))
-			DMINFO("%s: job %s completed: %llu bytes, %llu of them zeroes",
-			       ptb_device_name(job->pd), job->id,
-			       (unsigned long long)atomic64_read(&job->bytes_done),
-			       (unsigned long long)atomic64_read(&job->zero_bytes));
-		return;
+	if (r) {
+		ptb_job_error(job, PTB_SITE_FLUSH, r, job->on_target_error);
+	} else if (job->bitmap) {
+		ptb_job_start_finalize(job, true);
+	} else if (ptb_job_transition(job, BIT(PTB_JOB_RUNNING), PTB_JOB_COMPLETED)) {
+		ptb_job_log_completion(job);
 	}
-	ptb_job_error(job, PTB_SITE_FLUSH, r, job->on_target_error);
 }
 
 /* Give back what a finished job holds; its entry stays until dismissed. */
@@ -453,12 +552,19 @@ unsigned long ptb_job_service(struct ptb_job *job)
 		return 0;
 	if (job->flushing)
 		ptb_job_finish_flush(job);
+	if (READ_ONCE(job->finalizing))
+		return 0;
+	state = READ_ONCE(job->state);
 	if (!(BIT(state) & PTB_ACTIVE_STATES)) {
-		if (!job->copies_in_flight && !job->flushing)
+		if (job->copies_in_flight || job->flushing)
+			return 0;
+		if (job->bitmap && !READ_ONCE(job->finalized))
+			ptb_job_start_finalize(job, false);
+		else
 			ptb_job_release(job);
 		return 0;
 	}
-	if (state != PTB_JOB_RUNNING || job->sync != PTB_SYNC_FULL ||
+	if (state != PTB_JOB_RUNNING || job->sync == PTB_SYNC_NONE ||
 	    job->flushing)
 		return 0;
 

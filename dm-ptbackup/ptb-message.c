@@ -12,6 +12,7 @@
 #include <linux/string.h>
 
 #include "ptb.h"
+#include "ptb-bitmap.h"
 
 #define DM_MSG_PREFIX "ptbackup"
 
@@ -32,6 +33,14 @@ struct ptb_choice {
 static const struct ptb_choice ptb_sync_choices[] = {
 	{ "full", PTB_SYNC_FULL },
 	{ "none", PTB_SYNC_NONE },
+	{ "incremental", PTB_SYNC_INCREMENTAL },
+	{ }
+};
+
+static const struct ptb_choice ptb_bitmap_mode_choices[] = {
+	{ "on-success", PTB_BITMAP_ON_SUCCESS },
+	{ "always", PTB_BITMAP_ALWAYS },
+	{ "never", PTB_BITMAP_NEVER },
 	{ }
 };
 
@@ -99,7 +108,7 @@ static int ptb_parse_choice(const struct ptb_choice *choices, const char *s,
 	return -EINVAL;
 }
 
-static bool ptb_valid_job_id(const char *id)
+static bool ptb_valid_name(const char *id)
 {
 	size_t len = strlen(id);
 	size_t i;
@@ -122,6 +131,8 @@ enum ptb_option {
 	PTB_OPT_SOURCE_ERROR,
 	PTB_OPT_TARGET_ERROR,
 	PTB_OPT_CBW_ERROR,
+	PTB_OPT_BITMAP,
+	PTB_OPT_BITMAP_MODE,
 	PTB_NR_OPTS,
 };
 
@@ -131,6 +142,8 @@ static const char * const ptb_option_names[PTB_NR_OPTS] = {
 	[PTB_OPT_SOURCE_ERROR] = "on_source_error",
 	[PTB_OPT_TARGET_ERROR] = "on_target_error",
 	[PTB_OPT_CBW_ERROR] = "on_cbw_error",
+	[PTB_OPT_BITMAP] = "bitmap",
+	[PTB_OPT_BITMAP_MODE] = "bitmap_mode",
 };
 
 static int ptb_parse_option(const char *dev, struct ptb_job_params *p,
@@ -173,9 +186,17 @@ static int ptb_parse_option(const char *dev, struct ptb_job_params *p,
 		r = ptb_parse_choice(ptb_error_choices, value, &v);
 		p->on_target_error = v;
 		break;
-	default:
+	case PTB_OPT_CBW_ERROR:
 		r = ptb_parse_choice(ptb_cbw_choices, value, &v);
 		p->on_cbw_error = v;
+		break;
+	case PTB_OPT_BITMAP:
+		r = *value ? 0 : -EINVAL;
+		p->bitmap = value;
+		break;
+	default:
+		r = ptb_parse_choice(ptb_bitmap_mode_choices, value, &v);
+		p->bitmap_mode = v;
 		break;
 	}
 	if (r)
@@ -198,7 +219,7 @@ static int ptb_msg_backup_start(struct ptb_target *pt, unsigned int argc,
 	unsigned int i;
 	int r;
 
-	if (!ptb_valid_job_id(argv[0])) {
+	if (!ptb_valid_name(argv[0])) {
 		DMERR("%s: backup start: invalid job id `%s': use 1 to %u of [A-Za-z0-9._:-]",
 		      dev, argv[0], PTB_JOB_ID_MAX);
 		return -EINVAL;
@@ -209,6 +230,10 @@ static int ptb_msg_backup_start(struct ptb_target *pt, unsigned int argc,
 		r = ptb_parse_option(dev, &p, argv[i], &seen);
 		if (r)
 			return r;
+	}
+	if (test_bit(PTB_OPT_BITMAP_MODE, &seen) && !p.bitmap) {
+		DMERR("%s: backup start %s: bitmap_mode needs bitmap=<name>", dev, p.id);
+		return -EINVAL;
 	}
 	return ptb_job_start(pt, &p);
 }
@@ -301,6 +326,125 @@ static int ptb_msg_job_list(struct ptb_target *pt, unsigned int argc,
 
 /*----------------------------------------------------------------*/
 
+/* bitmap <verb> <name> ... */
+
+static struct ptb_bitmap *ptb_msg_find_bitmap(struct ptb_target *pt,
+					      const char *verb, const char *name)
+{
+	struct ptb_bitmap *b = ptb_bitmap_find(pt->pd, name);
+
+	if (!b)
+		DMERR("%s: bitmap %s: no bitmap `%s'", ptb_device_name(pt->pd),
+		      verb, name);
+	return b;
+}
+
+static int ptb_msg_bitmap_add(struct ptb_target *pt, unsigned int argc,
+			      char **argv, char *result, unsigned int maxlen)
+{
+	const char *dev = ptb_device_name(pt->pd);
+	bool transient = false, disabled = false, gran_set = false;
+	u64 granularity = 0;
+	unsigned int i;
+
+	if (!ptb_valid_name(argv[0])) {
+		DMERR("%s: bitmap add: invalid bitmap name `%s': use 1 to %u of [A-Za-z0-9._:-]",
+		      dev, argv[0], PTB_BITMAP_NAME_MAX);
+		return -EINVAL;
+	}
+	for (i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "transient") && !transient) {
+			transient = true;
+		} else if (!strcmp(argv[i], "disabled") && !disabled) {
+			disabled = true;
+		} else if (!strncmp(argv[i], "granularity=", 12) && !gran_set) {
+			gran_set = true;
+			if (ptb_parse_size(argv[i] + 12, &granularity) || !granularity) {
+				DMERR("%s: bitmap add %s: invalid granularity `%s'",
+				      dev, argv[0], argv[i] + 12);
+				return -EINVAL;
+			}
+		} else {
+			DMERR("%s: bitmap add %s: unknown or repeated option `%s'",
+			      dev, argv[0], argv[i]);
+			return -EINVAL;
+		}
+	}
+	return ptb_bitmap_add(pt, argv[0], granularity, transient, disabled);
+}
+
+static int ptb_msg_bitmap_remove(struct ptb_target *pt, unsigned int argc,
+				 char **argv, char *result, unsigned int maxlen)
+{
+	struct ptb_bitmap *b = ptb_msg_find_bitmap(pt, "remove", argv[0]);
+
+	return b ? ptb_bitmap_remove(pt->pd, b) : -ENOENT;
+}
+
+static int ptb_msg_bitmap_clear(struct ptb_target *pt, unsigned int argc,
+				char **argv, char *result, unsigned int maxlen)
+{
+	struct ptb_bitmap *b = ptb_msg_find_bitmap(pt, "clear", argv[0]);
+
+	return b ? ptb_bitmap_clear(pt->pd, b) : -ENOENT;
+}
+
+static int ptb_msg_bitmap_enable(struct ptb_target *pt, unsigned int argc,
+				 char **argv, char *result, unsigned int maxlen)
+{
+	struct ptb_bitmap *b = ptb_msg_find_bitmap(pt, "enable", argv[0]);
+
+	return b ? ptb_bitmap_enable(pt->pd, b, true) : -ENOENT;
+}
+
+static int ptb_msg_bitmap_disable(struct ptb_target *pt, unsigned int argc,
+				  char **argv, char *result, unsigned int maxlen)
+{
+	struct ptb_bitmap *b = ptb_msg_find_bitmap(pt, "disable", argv[0]);
+
+	return b ? ptb_bitmap_enable(pt->pd, b, false) : -ENOENT;
+}
+
+static int ptb_msg_bitmap_merge(struct ptb_target *pt, unsigned int argc,
+				char **argv, char *result, unsigned int maxlen)
+{
+	struct ptb_bitmap *src = ptb_msg_find_bitmap(pt, "merge", argv[0]);
+	struct ptb_bitmap *dst = ptb_msg_find_bitmap(pt, "merge", argv[1]);
+
+	if (!src || !dst)
+		return -ENOENT;
+	if (src == dst) {
+		DMERR("%s: bitmap merge: source and destination are both %s",
+		      ptb_device_name(pt->pd), src->name);
+		return -EINVAL;
+	}
+	return ptb_bitmap_merge(pt->pd, src, dst);
+}
+
+static int ptb_msg_bitmap_list(struct ptb_target *pt, unsigned int argc,
+			       char **argv, char *result, unsigned int maxlen)
+{
+	return ptb_bitmap_list(pt->pd, result, maxlen);
+}
+
+static int ptb_msg_bitmap_dump(struct ptb_target *pt, unsigned int argc,
+			       char **argv, char *result, unsigned int maxlen)
+{
+	struct ptb_bitmap *b = ptb_msg_find_bitmap(pt, "dump", argv[0]);
+	u64 start = 0;
+
+	if (!b)
+		return -ENOENT;
+	if (argc > 1 && kstrtou64(argv[1], 10, &start)) {
+		DMERR("%s: bitmap dump %s: invalid start byte `%s'",
+		      ptb_device_name(pt->pd), b->name, argv[1]);
+		return -EINVAL;
+	}
+	return ptb_bitmap_dump(pt->pd, b, start, result, maxlen);
+}
+
+/*----------------------------------------------------------------*/
+
 static const struct ptb_message_handler ptb_handlers[] = {
 	{ "backup", "start", 2, 2 + PTB_NR_OPTS, ptb_msg_backup_start },
 	{ "job", "cancel", 1, 1, ptb_msg_job_cancel },
@@ -309,6 +453,14 @@ static const struct ptb_message_handler ptb_handlers[] = {
 	{ "job", "dismiss", 1, 1, ptb_msg_job_dismiss },
 	{ "job", "set_speed", 2, 2, ptb_msg_job_set_speed },
 	{ "job", "list", 0, 0, ptb_msg_job_list },
+	{ "bitmap", "add", 1, 4, ptb_msg_bitmap_add },
+	{ "bitmap", "remove", 1, 1, ptb_msg_bitmap_remove },
+	{ "bitmap", "clear", 1, 1, ptb_msg_bitmap_clear },
+	{ "bitmap", "enable", 1, 1, ptb_msg_bitmap_enable },
+	{ "bitmap", "disable", 1, 1, ptb_msg_bitmap_disable },
+	{ "bitmap", "merge", 2, 2, ptb_msg_bitmap_merge },
+	{ "bitmap", "list", 0, 0, ptb_msg_bitmap_list },
+	{ "bitmap", "dump", 1, 2, ptb_msg_bitmap_dump },
 };
 
 int ptb_message(struct ptb_target *pt, unsigned int argc, char **argv,

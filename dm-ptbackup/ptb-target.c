@@ -18,6 +18,8 @@
 #include <linux/slab.h>
 
 #include "ptb.h"
+#include "ptb-bitmap.h"
+#include "ptb-metadata.h"
 
 #define DM_MSG_PREFIX "ptbackup"
 
@@ -57,13 +59,19 @@ static struct ptb_device *ptb_device_create(struct mapped_device *md)
 	pd->md = md;
 	mutex_init(&pd->lock);
 	mutex_init(&pd->event_lock);
+	mutex_init(&pd->hold_lock);
 	INIT_LIST_HEAD(&pd->jobs);
-	if (ptb_cow_init(pd)) {
-		kfree(pd);
-		return NULL;
-	}
+	if (ptb_bitmaps_init(pd))
+		goto bad_bitmaps;
+	if (ptb_cow_init(pd))
+		goto bad_bitmaps;
 	list_add(&pd->node, &ptb_devices);
 	return pd;
+
+bad_bitmaps:
+	ptb_bitmaps_exit(pd);
+	kfree(pd);
+	return NULL;
 }
 
 static void ptb_device_destroy(struct ptb_device *pd)
@@ -71,6 +79,9 @@ static void ptb_device_destroy(struct ptb_device *pd)
 	mutex_lock(&pd->lock);
 	ptb_jobs_destroy(pd);
 	mutex_unlock(&pd->lock);
+	ptb_bitmaps_exit(pd);
+	if (pd->pmd)
+		ptb_metadata_close(pd->pmd);
 	ptb_cow_exit(pd);
 	mutex_destroy(&pd->lock);
 	mutex_destroy(&pd->event_lock);
@@ -87,6 +98,43 @@ static bool ptb_device_has_active_jobs(struct ptb_device *pd)
 		active |= ptb_job_active(job);
 	mutex_unlock(&pd->lock);
 	return active;
+}
+
+/*
+ * The metadata device is opened once per device, by the first table that
+ * names it; later tables (reloads) must name the same one.
+ */
+static int ptb_device_attach_metadata(struct ptb_device *pd,
+				      struct ptb_target *pt, char **error)
+{
+	dev_t dev = pt->metadata ? pt->metadata->bdev->bd_dev : 0;
+	int r;
+
+	if (pd->pmd) {
+		if (dev != pd->metadata_dev) {
+			*error = "Cannot change or drop the metadata device of a live device: remove it and create it again";
+			return -EINVAL;
+		}
+		if (pt->ti->len > ptb_metadata_dev_sectors(pd->pmd) && pd->nr_bitmaps) {
+			*error = "Device is larger than the size its persistent bitmaps cover: remove them first";
+			return -EINVAL;
+		}
+		return 0;
+	}
+	if (!dev)
+		return 0;
+	r = ptb_metadata_open(pt->metadata->bdev, pt->ti->len, &pd->pmd, error);
+	if (r)
+		return r;
+	pd->metadata_dev = dev;
+	r = ptb_bitmaps_load(pd, error);
+	if (r) {
+		ptb_bitmaps_exit(pd);
+		ptb_metadata_close(pd->pmd);
+		pd->pmd = NULL;
+		ptb_bitmaps_init(pd);
+	}
+	return r;
 }
 
 /*
@@ -111,11 +159,22 @@ static int ptb_device_attach(struct ptb_target *pt, char **error)
 			r = -EBUSY;
 			goto out;
 		}
+		mutex_lock(&pd->lock);
+		r = ptb_device_attach_metadata(pd, pt, error);
+		mutex_unlock(&pd->lock);
+		if (r)
+			goto out;
 	} else {
 		pd = ptb_device_create(md);
 		if (!pd) {
 			*error = "Cannot allocate device state";
 			r = -ENOMEM;
+			goto out;
+		}
+		r = ptb_device_attach_metadata(pd, pt, error);
+		if (r) {
+			list_del(&pd->node);
+			ptb_device_destroy(pd);
 			goto out;
 		}
 	}
@@ -352,6 +411,10 @@ static int ptb_map(struct dm_target *ti, struct bio *bio)
 		ptb_split_write(pt, bio);
 	if (!ptb_account_write(pd, pb, bio))
 		return DM_MAPIO_SUBMITTED;
+	if (!list_empty(&pd->bitmaps) && ptb_bitmaps_mark(pd, bio)) {
+		ptb_defer_mark(pd, bio);
+		return DM_MAPIO_SUBMITTED;
+	}
 	if (likely(!ptb_write_needs_cow(pd, bio)))
 		return DM_MAPIO_REMAPPED;
 
@@ -405,6 +468,13 @@ static void ptb_resume(struct dm_target *ti)
 
 /* Status, messages, devices. */
 
+static const char *ptb_metadata_mode(struct ptb_device *pd)
+{
+	if (!pd->pmd)
+		return "-";
+	return ptb_metadata_failed(pd->pmd) ? "fail" : "rw";
+}
+
 static void ptb_status(struct dm_target *ti, status_type_t type,
 		       unsigned int status_flags, char *result,
 		       unsigned int maxlen)
@@ -417,8 +487,9 @@ static void ptb_status(struct dm_target *ti, status_type_t type,
 	switch (type) {
 	case STATUSTYPE_INFO:
 		mutex_lock(&pd->lock);
-		DMEMIT("%llu %lu %u", (unsigned long long)pt->chunk_sectors,
-		       pt->nr_chunks, pd->nr_jobs);
+		DMEMIT("%llu %lu %s %u %u", (unsigned long long)pt->chunk_sectors,
+		       pt->nr_chunks, ptb_metadata_mode(pd), pd->nr_bitmaps,
+		       pd->nr_jobs);
 		list_for_each_entry(job, &pd->jobs, node)
 			sz = ptb_job_emit(job, result, maxlen, sz, false);
 		mutex_unlock(&pd->lock);
@@ -454,7 +525,7 @@ static int ptb_iterate_devices(struct dm_target *ti,
 
 static struct target_type ptbackup_target = {
 	.name = "ptbackup",
-	.version = {1, 0, 0},
+	.version = {1, 1, 0},
 	.features = DM_TARGET_SINGLETON,
 	.module = THIS_MODULE,
 	.ctr = ptb_ctr,

@@ -41,7 +41,7 @@
 
 #include "compat.h"
 
-#define PTB_JOB_ID_MAX		32
+#define PTB_JOB_ID_MAX		32	/* == PTB_BITMAP_NAME_MAX */
 #define PTB_MAX_JOBS		16
 #define PTB_MIN_CHUNK_SECTORS	8
 #define PTB_MAX_CHUNK_SECTORS	2048
@@ -60,6 +60,7 @@ enum ptb_job_state {
 enum ptb_sync_mode {
 	PTB_SYNC_FULL,
 	PTB_SYNC_NONE,
+	PTB_SYNC_INCREMENTAL,
 };
 
 /* What to do when background copying hits an error. */
@@ -85,11 +86,15 @@ enum ptb_error_site {
 };
 
 struct ptb_device;
+struct ptb_bitmap;
+struct ptb_metadata;
 
 struct ptb_job_params {
 	char id[PTB_JOB_ID_MAX + 1];
 	const char *target_path;
 	enum ptb_sync_mode sync;
+	const char *bitmap;		/* NULL: none */
+	int bitmap_mode;		/* enum ptb_bitmap_mode */
 	u64 speed;			/* bytes/s, 0 = unlimited */
 	enum ptb_error_action on_source_error;
 	enum ptb_error_action on_target_error;
@@ -105,6 +110,8 @@ struct ptb_job {
 	enum ptb_error_action on_target_error;
 	enum ptb_cbw_action on_cbw_error;
 	u64 speed;			/* WRITE_ONCE/READ_ONCE */
+	struct ptb_bitmap *bitmap;	/* busy with this job, or NULL */
+	int bitmap_mode;		/* enum ptb_bitmap_mode */
 
 	/* Read by the map path. */
 	int state;			/* enum ptb_job_state, cmpxchg */
@@ -131,6 +138,12 @@ struct ptb_job {
 	bool released:1;		/* buffers and target given back */
 	int flush_result;		/* 1 in flight, else 0 or -errno */
 
+	/* Hand-over of the bitmap when the job ends (finalize_work). */
+	struct work_struct finalize_work;
+	bool finalize_success;
+	bool finalizing;		/* WRITE_ONCE: worker and finalize_work */
+	bool finalized;
+
 	/* Progress, read by status. */
 	atomic64_t bytes_done;
 	atomic64_t zero_bytes;
@@ -152,7 +165,18 @@ struct ptb_device {
 	struct list_head jobs;
 	unsigned int nr_jobs;
 
+	/* Dirty bitmaps, and the metadata that keeps them. */
+	struct ptb_metadata *pmd;	/* NULL without a metadata device */
+	dev_t metadata_dev;
+	struct list_head bitmaps;	/* RCU; changes under lock */
+	unsigned int nr_bitmaps;
+	struct bio_list mark_bios;	/* bio_lock */
+	struct workqueue_struct *mark_wq;
+	struct work_struct marker;
+	bool bitmaps_lost;		/* marker only */
+
 	/* Write accounting: the point in time of a new job. */
+	struct mutex hold_lock;		/* one hold at a time */
 	atomic_t writes_in_flight;
 	int hold_writes;		/* smp_load_acquire/smp_store_release */
 	wait_queue_head_t writes_drained;
@@ -211,6 +235,7 @@ void ptb_wake_worker(struct ptb_device *pd);			/* any context */
 bool ptb_account_write(struct ptb_device *pd, struct ptb_bio *pb,
 		       struct bio *bio);				/* any context */
 void ptb_hold_writes(struct ptb_device *pd);			/* may sleep */
+/* ptb_hold_writes() takes pd->hold_lock, ptb_release_writes() drops it. */
 void ptb_release_writes(struct ptb_device *pd);		/* any context */
 void ptb_write_done(struct ptb_device *pd, struct ptb_bio *pb);	/* any context */
 void ptb_do_worker(struct work_struct *ws);

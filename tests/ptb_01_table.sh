@@ -58,7 +58,7 @@ tap_check "module autoloads on create" \
 	dmsetup create ptb_t --table "0 $sz ptbackup $origin $meta 128 2 copy_slots 4"
 tap_on_exit dmsetup remove ptb_t
 tap_check "module dm_ptbackup is loaded" test -d /sys/module/dm_ptbackup
-tap_eq "status line of an idle device" "128 $((sz / 128)) 0" "$(status_of ptb_t)"
+tap_eq "status line of an idle device" "128 $((sz / 128)) rw 0 0" "$(status_of ptb_t)"
 tap_eq "table line re-emits the arguments" \
 	"$(printf '%d:%d' "$(stat -c '0x%t' "$origin")" "$(stat -c '0x%T' "$origin")") $(printf '%d:%d' "$(stat -c '0x%t' "$meta")" "$(stat -c '0x%T' "$meta")") 128 2 copy_slots 4" \
 	"$(dmsetup table ptb_t | cut -d' ' -f4-)"

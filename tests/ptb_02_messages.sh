@@ -45,7 +45,7 @@ refuse "unknown option" "unknown option \`colour'" backup start j1 "$tgt" colour
 refuse "option without value" "not of the form key=value" backup start j1 "$tgt" sync
 refuse "option given twice" "given twice" backup start j1 "$tgt" sync=full sync=none
 refuse "bad sync mode" "invalid value \`incremental' for sync" \
-	backup start j1 "$tgt" sync=incremental
+	backup start j1 "$tgt" sync=differential
 refuse "bad on_source_error" "invalid value" backup start j1 "$tgt" on_source_error=panic
 refuse "bad on_target_error" "invalid value" backup start j1 "$tgt" on_target_error=
 refuse "bad on_cbw_error" "invalid value" backup start j1 "$tgt" on_cbw_error=report
@@ -80,7 +80,7 @@ before=$(status_of $dev)
 refuse "pause a cancelled job" "job is cancelled" job pause keep
 refuse "cancel a cancelled job" "job is cancelled" job cancel keep
 tap_check "dismiss a cancelled job" dm_msg $dev job dismiss keep
-tap_eq "no job left" "128 $((sz / 128)) 0" "$(status_of $dev)"
+tap_eq "no job left" "128 $((sz / 128)) rw 0 0" "$(status_of $dev)"
 
 # At most 16 jobs.
 loops=()
@@ -88,10 +88,10 @@ for i in $(seq 1 16); do loops+=("$(make_loop 8)"); done
 for i in $(seq 1 16); do
 	dm_msg $dev backup start "n$i" "${loops[i - 1]}" sync=none || break
 done
-tap_eq "16 jobs run at once" 16 "$(dm_status_field $dev 3)"
+tap_eq "16 jobs run at once" 16 "$(dm_status_field $dev 5)"
 before=$(status_of $dev)
 refuse "a 17th job is refused" "too many jobs" backup start n17 "$tgt"
 for i in $(seq 1 16); do dm_msg $dev job cancel "n$i"; dm_msg $dev job dismiss "n$i"; done
-tap_eq "all jobs dismissed" 0 "$(dm_status_field $dev 3)"
+tap_eq "all jobs dismissed" 0 "$(dm_status_field $dev 5)"
 
 tap_done

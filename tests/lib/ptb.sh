@@ -19,10 +19,10 @@ ptb_job_field() {
 	sync) idx=2 ;; state) idx=3 ;; done) idx=4 ;; total) idx=5 ;;
 	speed) idx=6 ;; error) idx=7 ;; *) return 1 ;;
 	esac
-	n=${words[5]}
+	n=${words[7]}
 	for ((i = 0; i < n; i++)); do
-		if [ "${words[6 + i * 8]}" = "$job" ]; then
-			echo "${words[6 + i * 8 + idx]}"
+		if [ "${words[8 + i * 8]}" = "$job" ]; then
+			echo "${words[8 + i * 8 + idx]}"
 			return 0
 		fi
 	done

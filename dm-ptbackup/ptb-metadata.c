@@ -1,0 +1,625 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * dm-ptbackup on-disk metadata.
+ *
+ * Layout, in 4 KiB blocks:
+ *
+ *   block 0, 1   two copies of the superblock; the valid one with the
+ *                higher generation is current, a commit writes the other
+ *   block 2...   bitmap regions, one contiguous run of blocks per bitmap;
+ *                bit i of a bitmap is bit (i % 32768) of block
+ *                (first_block + i / 32768), little-endian bit order
+ *
+ * The superblock holds a checksum, magic, version, the device size the
+ * bitmaps cover and the table of bitmaps (name, granularity, region,
+ * flags).  Bitmap blocks are written in place: normal tracking only sets
+ * bits, so a torn write can only leave a bit clear whose write was never
+ * issued (the target sets a bit durably before the write it records).
+ * A region freed by a remove is reused only after the superblock that
+ * dropped it is on disk.
+ */
+
+#include <linux/crc32c.h>
+#include <linux/device-mapper.h>
+#include <linux/dm-bufio.h>
+#include <linux/slab.h>
+
+#include "ptb-metadata.h"
+
+#define DM_MSG_PREFIX "ptbackup"
+
+#define PTB_MD_BLOCK_SIZE	4096
+#define PTB_MD_BITS_PER_BLOCK	(PTB_MD_BLOCK_SIZE * 8)
+#define PTB_MD_SB_COPIES	2
+#define PTB_MD_FIRST_DATA_BLOCK	PTB_MD_SB_COPIES
+#define PTB_MD_MAGIC		0x4b425450	/* "PTBK" */
+#define PTB_MD_VERSION		1
+#define PTB_MD_CSUM_XOR		0x70746231
+
+#define PTB_DISK_BITMAP_ENABLED	(1U << 0)
+
+struct ptb_disk_bitmap {
+	char name[PTB_BITMAP_NAME_MAX];	/* NUL padded, not terminated */
+	__le64 first_block;
+	__le64 nr_blocks;
+	__le64 nr_bits;
+	__le32 granularity_shift;
+	__le32 flags;
+} __packed;
+
+struct ptb_disk_superblock {
+	__le32 csum;			/* crc32c of the rest of the block */
+	__le32 magic;
+	__le32 version;
+	__le32 block_size;
+	__le64 generation;
+	__le64 dev_sectors;		/* device size the bitmaps cover */
+	__le32 nr_bitmaps;
+	__le32 flags;
+	__u8 reserved[24];
+	struct ptb_disk_bitmap bitmaps[PTB_MAX_PERSISTENT_BITMAPS];
+} __packed;
+
+struct ptb_md_slot {
+	struct ptb_md_bitmap b;
+	u64 first_block;
+	u64 nr_blocks;
+	bool used;
+};
+
+struct ptb_metadata {
+	struct mutex lock;
+	struct dm_bufio_client *bufio;
+	u64 nr_blocks;			/* size of the metadata device */
+	u64 generation;
+	unsigned int active_sb;		/* copy written by the last commit */
+	sector_t dev_sectors;
+	struct ptb_md_slot slots[PTB_MAX_PERSISTENT_BITMAPS];
+	struct ptb_md_slot committed[PTB_MAX_PERSISTENT_BITMAPS];
+	bool table_dirty;
+	bool failed;
+};
+
+static u64 ptb_md_blocks_for(u64 nr_bits)
+{
+	return DIV_ROUND_UP_ULL(nr_bits, PTB_MD_BITS_PER_BLOCK);
+}
+
+static u32 ptb_md_csum(const void *block)
+{
+	return crc32c(~0U, block + sizeof(__le32),
+		      PTB_MD_BLOCK_SIZE - sizeof(__le32)) ^ PTB_MD_CSUM_XOR;
+}
+
+static int ptb_md_fail(struct ptb_metadata *pmd, const char *op, int r)
+{
+	if (!pmd->failed)
+		DMERR("metadata %s failed (%d): metadata is now in fail mode", op, r);
+	pmd->failed = true;
+	return r;
+}
+
+/*----------------------------------------------------------------*/
+
+/* Superblock encoding. */
+
+enum ptb_sb_kind { PTB_SB_ZERO, PTB_SB_VALID, PTB_SB_FOREIGN, PTB_SB_CORRUPT,
+		   PTB_SB_NEWER };
+
+static enum ptb_sb_kind ptb_md_classify(const void *block, u32 *version)
+{
+	const struct ptb_disk_superblock *sb = block;
+
+	if (!memchr_inv(block, 0, PTB_MD_BLOCK_SIZE))
+		return PTB_SB_ZERO;
+	if (le32_to_cpu(sb->magic) != PTB_MD_MAGIC)
+		return PTB_SB_FOREIGN;
+	*version = le32_to_cpu(sb->version);
+	if (*version > PTB_MD_VERSION)
+		return PTB_SB_NEWER;
+	if (*version < 1 || le32_to_cpu(sb->csum) != ptb_md_csum(block) ||
+	    le32_to_cpu(sb->block_size) != PTB_MD_BLOCK_SIZE)
+		return PTB_SB_CORRUPT;
+	return PTB_SB_VALID;
+}
+
+static int ptb_md_unpack(struct ptb_metadata *pmd,
+			 const struct ptb_disk_superblock *sb, char **error)
+{
+	unsigned int i;
+
+	memset(pmd->slots, 0, sizeof(pmd->slots));
+	pmd->generation = le64_to_cpu(sb->generation);
+	pmd->dev_sectors = le64_to_cpu(sb->dev_sectors);
+	for (i = 0; i < PTB_MAX_PERSISTENT_BITMAPS; i++) {
+		const struct ptb_disk_bitmap *d = &sb->bitmaps[i];
+		struct ptb_md_slot *s = &pmd->slots[i];
+
+		if (!d->name[0])
+			continue;
+		s->used = true;
+		memcpy(s->b.name, d->name, PTB_BITMAP_NAME_MAX);
+		s->b.name[PTB_BITMAP_NAME_MAX] = '\0';
+		s->b.granularity_shift = le32_to_cpu(d->granularity_shift);
+		s->b.nr_bits = le64_to_cpu(d->nr_bits);
+		s->b.enabled = le32_to_cpu(d->flags) & PTB_DISK_BITMAP_ENABLED;
+		s->first_block = le64_to_cpu(d->first_block);
+		s->nr_blocks = le64_to_cpu(d->nr_blocks);
+		if (s->first_block < PTB_MD_FIRST_DATA_BLOCK ||
+		    s->nr_blocks != ptb_md_blocks_for(s->b.nr_bits) ||
+		    s->first_block + s->nr_blocks > pmd->nr_blocks ||
+		    s->b.granularity_shift < SECTOR_SHIFT ||
+		    s->b.granularity_shift > 40) {
+			*error = "Metadata superblock describes an impossible bitmap";
+			return -EINVAL;
+		}
+	}
+	memcpy(pmd->committed, pmd->slots, sizeof(pmd->slots));
+	return 0;
+}
+
+static void ptb_md_pack(struct ptb_metadata *pmd, struct ptb_disk_superblock *sb)
+{
+	unsigned int i, n = 0;
+
+	memset(sb, 0, PTB_MD_BLOCK_SIZE);
+	sb->magic = cpu_to_le32(PTB_MD_MAGIC);
+	sb->version = cpu_to_le32(PTB_MD_VERSION);
+	sb->block_size = cpu_to_le32(PTB_MD_BLOCK_SIZE);
+	sb->generation = cpu_to_le64(pmd->generation + 1);
+	sb->dev_sectors = cpu_to_le64(pmd->dev_sectors);
+	for (i = 0; i < PTB_MAX_PERSISTENT_BITMAPS; i++) {
+		const struct ptb_md_slot *s = &pmd->slots[i];
+		struct ptb_disk_bitmap *d = &sb->bitmaps[i];
+
+		if (!s->used)
+			continue;
+		n++;
+		strncpy(d->name, s->b.name, PTB_BITMAP_NAME_MAX);
+		d->first_block = cpu_to_le64(s->first_block);
+		d->nr_blocks = cpu_to_le64(s->nr_blocks);
+		d->nr_bits = cpu_to_le64(s->b.nr_bits);
+		d->granularity_shift = cpu_to_le32(s->b.granularity_shift);
+		d->flags = cpu_to_le32(s->b.enabled ? PTB_DISK_BITMAP_ENABLED : 0);
+	}
+	sb->nr_bitmaps = cpu_to_le32(n);
+	sb->csum = cpu_to_le32(ptb_md_csum(sb));
+}
+
+static int ptb_md_write_superblock(struct ptb_metadata *pmd)
+{
+	unsigned int copy = pmd->active_sb ^ 1;
+	struct dm_buffer *buf;
+	void *data;
+	int r;
+
+	data = dm_bufio_new(pmd->bufio, copy, &buf);
+	if (IS_ERR(data))
+		return PTR_ERR(data);
+	ptb_md_pack(pmd, data);
+	dm_bufio_mark_buffer_dirty(buf);
+	dm_bufio_release(buf);
+
+	r = dm_bufio_write_dirty_buffers(pmd->bufio);
+	if (!r)
+		r = dm_bufio_issue_flush(pmd->bufio);
+	if (r)
+		return r;
+	pmd->active_sb = copy;
+	pmd->generation++;
+	memcpy(pmd->committed, pmd->slots, sizeof(pmd->slots));
+	pmd->table_dirty = false;
+	return 0;
+}
+
+/* Read both superblock copies and pick the current one, or format. */
+static int ptb_md_load(struct ptb_metadata *pmd, char **error)
+{
+	enum ptb_sb_kind kind[PTB_MD_SB_COPIES];
+	u32 version[PTB_MD_SB_COPIES] = { 0 };
+	u64 gen[PTB_MD_SB_COPIES] = { 0 };
+	struct ptb_disk_superblock *sb;
+	struct dm_buffer *buf;
+	int best = -1, i, r;
+	void *data;
+
+	for (i = 0; i < PTB_MD_SB_COPIES; i++) {
+		data = dm_bufio_read(pmd->bufio, i, &buf);
+		if (IS_ERR(data)) {
+			*error = "Cannot read the metadata superblock";
+			return PTR_ERR(data);
+		}
+		kind[i] = ptb_md_classify(data, &version[i]);
+		gen[i] = le64_to_cpu(((struct ptb_disk_superblock *)data)->generation);
+		dm_bufio_release(buf);
+		if (kind[i] == PTB_SB_VALID && (best < 0 || gen[i] > gen[best]))
+			best = i;
+	}
+
+	for (i = 0; i < PTB_MD_SB_COPIES; i++) {
+		if (kind[i] == PTB_SB_NEWER) {
+			*error = "Metadata was written by a newer dm-ptbackup (version too new)";
+			return -EINVAL;
+		}
+	}
+
+	if (best < 0) {
+		if (kind[0] == PTB_SB_ZERO && kind[1] == PTB_SB_ZERO) {
+			DMINFO("formatting zeroed metadata device");
+			pmd->generation = 0;
+			pmd->active_sb = 1;	/* the first commit writes copy 0 */
+			r = ptb_md_write_superblock(pmd);
+			if (r)
+				*error = "Cannot write the metadata superblock";
+			return r;
+		}
+		if (kind[0] == PTB_SB_CORRUPT || kind[1] == PTB_SB_CORRUPT)
+			*error = "Metadata superblock is corrupt (bad checksum)";
+		else
+			*error = "Metadata device holds something else (bad magic): zero it to format";
+		return -EINVAL;
+	}
+
+	data = dm_bufio_read(pmd->bufio, best, &buf);
+	if (IS_ERR(data)) {
+		*error = "Cannot read the metadata superblock";
+		return PTR_ERR(data);
+	}
+	sb = data;
+	r = ptb_md_unpack(pmd, sb, error);
+	dm_bufio_release(buf);
+	pmd->active_sb = best;
+	return r;
+}
+
+int ptb_metadata_open(struct block_device *bdev, sector_t dev_sectors,
+		      struct ptb_metadata **pmdp, char **error)
+{
+	struct ptb_metadata *pmd;
+	unsigned int i;
+	bool any = false;
+	int r;
+
+	pmd = kzalloc(sizeof(*pmd), GFP_KERNEL);
+	if (!pmd) {
+		*error = "Cannot allocate metadata";
+		return -ENOMEM;
+	}
+	mutex_init(&pmd->lock);
+	pmd->dev_sectors = dev_sectors;
+	pmd->bufio = dm_bufio_client_create(bdev, PTB_MD_BLOCK_SIZE, 1, 0,
+					    NULL, NULL, 0);
+	if (IS_ERR(pmd->bufio)) {
+		r = PTR_ERR(pmd->bufio);
+		*error = "Cannot create the metadata buffer client";
+		goto bad_bufio;
+	}
+	pmd->nr_blocks = dm_bufio_get_device_size(pmd->bufio);
+	if (pmd->nr_blocks <= PTB_MD_FIRST_DATA_BLOCK) {
+		*error = "Metadata device too small: it needs at least 12 KiB";
+		r = -EINVAL;
+		goto bad;
+	}
+
+	r = ptb_md_load(pmd, error);
+	if (r)
+		goto bad;
+
+	for (i = 0; i < PTB_MAX_PERSISTENT_BITMAPS; i++)
+		any |= pmd->slots[i].used;
+	if (dev_sectors > pmd->dev_sectors && any) {
+		*error = "Device is larger than the size its persistent bitmaps cover: remove them first";
+		r = -EINVAL;
+		goto bad;
+	}
+	if (!any && dev_sectors != pmd->dev_sectors) {
+		pmd->dev_sectors = dev_sectors;
+		r = ptb_md_write_superblock(pmd);
+		if (r) {
+			*error = "Cannot write the metadata superblock";
+			goto bad;
+		}
+	}
+	*pmdp = pmd;
+	return 0;
+
+bad:
+	dm_bufio_client_destroy(pmd->bufio);
+bad_bufio:
+	kfree(pmd);
+	return r;
+}
+
+void ptb_metadata_close(struct ptb_metadata *pmd)
+{
+	if (!pmd->failed && pmd->table_dirty)
+		ptb_metadata_commit(pmd);
+	dm_bufio_client_destroy(pmd->bufio);
+	kfree(pmd);
+}
+
+bool ptb_metadata_failed(struct ptb_metadata *pmd)
+{
+	return READ_ONCE(pmd->failed);
+}
+
+sector_t ptb_metadata_dev_sectors(struct ptb_metadata *pmd)
+{
+	return pmd->dev_sectors;
+}
+
+/*----------------------------------------------------------------*/
+
+/* Bitmap table and bits. */
+
+bool ptb_metadata_get_bitmap(struct ptb_metadata *pmd, unsigned int slot,
+			     struct ptb_md_bitmap *b)
+{
+	bool used;
+
+	mutex_lock(&pmd->lock);
+	used = slot < PTB_MAX_PERSISTENT_BITMAPS && pmd->slots[slot].used;
+	if (used)
+		*b = pmd->slots[slot].b;
+	mutex_unlock(&pmd->lock);
+	return used;
+}
+
+int ptb_metadata_load_bits(struct ptb_metadata *pmd, unsigned int slot,
+			   unsigned long *bits)
+{
+	struct ptb_md_slot *s = &pmd->slots[slot];
+	struct dm_buffer *buf;
+	unsigned long bit;
+	u64 blk, base, n;
+	void *data;
+	int r = 0;
+
+	mutex_lock(&pmd->lock);
+	for (blk = 0; blk < s->nr_blocks; blk++) {
+		data = dm_bufio_read(pmd->bufio, s->first_block + blk, &buf);
+		if (IS_ERR(data)) {
+			r = PTR_ERR(data);
+			break;
+		}
+		base = blk * PTB_MD_BITS_PER_BLOCK;
+		n = min_t(u64, PTB_MD_BITS_PER_BLOCK, s->b.nr_bits - base);
+		for (bit = find_next_bit_le(data, n, 0); bit < n;
+		     bit = find_next_bit_le(data, n, bit + 1))
+			__set_bit(base + bit, bits);
+		dm_bufio_release(buf);
+		cond_resched();
+	}
+	mutex_unlock(&pmd->lock);
+	return r;
+}
+
+/* Is [first, first + nr) free in both the current and committed tables? */
+static bool ptb_md_region_free(struct ptb_metadata *pmd, u64 first, u64 nr)
+{
+	const struct ptb_md_slot *tables[] = { pmd->slots, pmd->committed };
+	unsigned int t, i;
+
+	for (t = 0; t < ARRAY_SIZE(tables); t++) {
+		for (i = 0; i < PTB_MAX_PERSISTENT_BITMAPS; i++) {
+			const struct ptb_md_slot *s = &tables[t][i];
+
+			if (s->used && first < s->first_block + s->nr_blocks &&
+			    s->first_block < first + nr)
+				return false;
+		}
+	}
+	return true;
+}
+
+/* First fit: candidates are the data start and the end of every region. */
+static int ptb_md_alloc_region(struct ptb_metadata *pmd, u64 nr, u64 *first)
+{
+	const struct ptb_md_slot *tables[] = { pmd->slots, pmd->committed };
+	u64 best = U64_MAX, cand;
+	unsigned int t, i;
+
+	for (t = 0; t <= ARRAY_SIZE(tables); t++) {
+		for (i = 0; i < PTB_MAX_PERSISTENT_BITMAPS; i++) {
+			if (t == ARRAY_SIZE(tables)) {
+				cand = PTB_MD_FIRST_DATA_BLOCK;
+			} else if (tables[t][i].used) {
+				cand = tables[t][i].first_block + tables[t][i].nr_blocks;
+			} else {
+				continue;
+			}
+			if (cand < best && cand + nr <= pmd->nr_blocks &&
+			    ptb_md_region_free(pmd, cand, nr))
+				best = cand;
+		}
+	}
+	if (best == U64_MAX)
+		return -ENOSPC;
+	*first = best;
+	return 0;
+}
+
+static int ptb_md_free_slot(struct ptb_metadata *pmd)
+{
+	unsigned int i;
+
+	for (i = 0; i < PTB_MAX_PERSISTENT_BITMAPS; i++)
+		if (!pmd->slots[i].used && !pmd->committed[i].used)
+			return i;
+	return -ENOSPC;
+}
+
+int ptb_metadata_check_space(struct ptb_metadata *pmd, u64 nr_bits)
+{
+	u64 first;
+	int r;
+
+	mutex_lock(&pmd->lock);
+	r = ptb_md_free_slot(pmd);
+	if (r >= 0)
+		r = ptb_md_alloc_region(pmd, ptb_md_blocks_for(nr_bits), &first);
+	mutex_unlock(&pmd->lock);
+	return r < 0 ? r : 0;
+}
+
+/* Zero (bits == NULL) or fill a bitmap's region from an in-core bitmap. */
+static int ptb_md_write_region(struct ptb_metadata *pmd, struct ptb_md_slot *s,
+			       const unsigned long *bits)
+{
+	struct dm_buffer *buf;
+	unsigned long bit;
+	u64 blk, base, n;
+	void *data;
+
+	for (blk = 0; blk < s->nr_blocks; blk++) {
+		data = dm_bufio_new(pmd->bufio, s->first_block + blk, &buf);
+		if (IS_ERR(data))
+			return PTR_ERR(data);
+		memset(data, 0, PTB_MD_BLOCK_SIZE);
+		base = blk * PTB_MD_BITS_PER_BLOCK;
+		n = min_t(u64, PTB_MD_BITS_PER_BLOCK, s->b.nr_bits - base);
+		if (bits) {
+			for (bit = find_next_bit(bits, base + n, base); bit < base + n;
+			     bit = find_next_bit(bits, base + n, bit + 1))
+				__set_bit_le(bit - base, data);
+		}
+		dm_bufio_mark_buffer_dirty(buf);
+		dm_bufio_release(buf);
+		cond_resched();
+	}
+	return 0;
+}
+
+int ptb_metadata_add_bitmap(struct ptb_metadata *pmd,
+			    const struct ptb_md_bitmap *b, unsigned int *slotp)
+{
+	struct ptb_md_slot *s;
+	u64 nr, first;
+	int slot, r;
+
+	mutex_lock(&pmd->lock);
+	r = -EIO;
+	if (pmd->failed)
+		goto out;
+	slot = ptb_md_free_slot(pmd);
+	r = slot;
+	if (slot < 0)
+		goto out;
+	nr = ptb_md_blocks_for(b->nr_bits);
+	r = ptb_md_alloc_region(pmd, nr, &first);
+	if (r)
+		goto out;
+
+	s = &pmd->slots[slot];
+	s->b = *b;
+	s->first_block = first;
+	s->nr_blocks = nr;
+	r = ptb_md_write_region(pmd, s, NULL);
+	if (r) {
+		memset(s, 0, sizeof(*s));
+		ptb_md_fail(pmd, "write", r);
+		goto out;
+	}
+	s->used = true;
+	pmd->table_dirty = true;
+	*slotp = slot;
+out:
+	mutex_unlock(&pmd->lock);
+	return r;
+}
+
+int ptb_metadata_remove_bitmap(struct ptb_metadata *pmd, unsigned int slot)
+{
+	mutex_lock(&pmd->lock);
+	memset(&pmd->slots[slot], 0, sizeof(pmd->slots[slot]));
+	pmd->table_dirty = true;
+	mutex_unlock(&pmd->lock);
+	return 0;
+}
+
+int ptb_metadata_set_enabled(struct ptb_metadata *pmd, unsigned int slot,
+			     bool enabled)
+{
+	mutex_lock(&pmd->lock);
+	pmd->slots[slot].b.enabled = enabled;
+	pmd->table_dirty = true;
+	mutex_unlock(&pmd->lock);
+	return 0;
+}
+
+int ptb_metadata_set_bits(struct ptb_metadata *pmd, unsigned int slot,
+			  u64 first, u64 last)
+{
+	struct ptb_md_slot *s = &pmd->slots[slot];
+	struct dm_buffer *buf = NULL;
+	u64 bit, blk, cur = U64_MAX;
+	void *data = NULL;
+	int r = 0;
+
+	mutex_lock(&pmd->lock);
+	if (pmd->failed) {
+		r = -EIO;
+		goto out;
+	}
+	last = min(last, s->b.nr_bits - 1);
+	for (bit = first; bit <= last; bit++) {
+		blk = s->first_block + bit / PTB_MD_BITS_PER_BLOCK;
+		if (blk != cur) {
+			if (buf)
+				dm_bufio_release(buf);
+			buf = NULL;
+			data = dm_bufio_read(pmd->bufio, blk, &buf);
+			if (IS_ERR(data)) {
+				r = ptb_md_fail(pmd, "read", PTR_ERR(data));
+				buf = NULL;
+				goto out;
+			}
+			cur = blk;
+		}
+		if (!test_bit_le(bit % PTB_MD_BITS_PER_BLOCK, data)) {
+			__set_bit_le(bit % PTB_MD_BITS_PER_BLOCK, data);
+			dm_bufio_mark_buffer_dirty(buf);
+		}
+	}
+out:
+	if (buf)
+		dm_bufio_release(buf);
+	mutex_unlock(&pmd->lock);
+	return r;
+}
+
+int ptb_metadata_store_bits(struct ptb_metadata *pmd, unsigned int slot,
+			    const unsigned long *bits)
+{
+	int r = -EIO;
+
+	mutex_lock(&pmd->lock);
+	if (!pmd->failed) {
+		r = ptb_md_write_region(pmd, &pmd->slots[slot], bits);
+		if (r)
+			ptb_md_fail(pmd, "write", r);
+	}
+	mutex_unlock(&pmd->lock);
+	return r;
+}
+
+int ptb_metadata_commit(struct ptb_metadata *pmd)
+{
+	int r;
+
+	mutex_lock(&pmd->lock);
+	if (pmd->failed) {
+		r = -EIO;
+		goto out;
+	}
+	r = dm_bufio_write_dirty_buffers(pmd->bufio);
+	if (!r)
+		r = dm_bufio_issue_flush(pmd->bufio);
+	if (!r && pmd->table_dirty)
+		r = ptb_md_write_superblock(pmd);
+	if (r)
+		ptb_md_fail(pmd, "commit", r);
+out:
+	mutex_unlock(&pmd->lock);
+	return r;
+}
