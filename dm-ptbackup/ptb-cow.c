@@ -174,7 +174,14 @@ void ptb_write_done(struct ptb_device *pd, struct ptb_bio *pb)
  */
 void ptb_hold_writes(struct ptb_device *pd)
 {
+	/* Nested holds (a transaction's elements) are free. */
+	if (pd->hold_owner == current) {
+		pd->hold_depth++;
+		return;
+	}
 	mutex_lock(&pd->hold_lock);
+	pd->hold_owner = current;
+	pd->hold_depth = 1;
 	spin_lock_irq(&pd->bio_lock);
 	WRITE_ONCE(pd->hold_writes, 1);
 	spin_unlock_irq(&pd->bio_lock);
@@ -185,6 +192,9 @@ void ptb_hold_writes(struct ptb_device *pd)
 
 void ptb_release_writes(struct ptb_device *pd)
 {
+	if (--pd->hold_depth)
+		return;
+	pd->hold_owner = NULL;
 	spin_lock_irq(&pd->bio_lock);
 	/* Release: the new job is published before writes see no hold. */
 	smp_store_release(&pd->hold_writes, 0);

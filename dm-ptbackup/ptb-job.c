@@ -142,8 +142,8 @@ static void ptb_job_free(struct ptb_job *job)
 	kfree(job);
 }
 
-static int ptb_job_check_target(struct ptb_target *pt, const char *id,
-				const char *path)
+/* Checks that need no open: the target exists and is none of our devices. */
+int ptb_job_check_target(struct ptb_target *pt, const char *id, const char *path)
 {
 	struct ptb_device *pd = pt->pd;
 	const char *name = ptb_device_name(pd);

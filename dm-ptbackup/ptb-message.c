@@ -16,9 +16,22 @@
 
 #define DM_MSG_PREFIX "ptbackup"
 
+/* What a transaction needs to know about a message. */
+enum ptb_msg_kind {
+	PTB_MSG_OTHER,			/* not allowed in a transaction */
+	PTB_MSG_BACKUP_START,
+	PTB_MSG_BITMAP_ADD,
+	PTB_MSG_BITMAP_REMOVE,
+	PTB_MSG_BITMAP_CLEAR,
+	PTB_MSG_BITMAP_ENABLE,
+	PTB_MSG_BITMAP_DISABLE,
+	PTB_MSG_BITMAP_MERGE,
+};
+
 struct ptb_message_handler {
 	const char *verb;
 	const char *object;
+	enum ptb_msg_kind kind;
 	unsigned int min_args;		/* after verb and object */
 	unsigned int max_args;
 	int (*fn)(struct ptb_target *pt, unsigned int argc, char **argv,
@@ -205,37 +218,45 @@ static int ptb_parse_option(const char *dev, struct ptb_job_params *p,
 	return r;
 }
 
-static int ptb_msg_backup_start(struct ptb_target *pt, unsigned int argc,
-				char **argv, char *result, unsigned int maxlen)
+/* Parse `backup start' arguments (argv is modified). */
+static int ptb_parse_backup_start(const char *dev, unsigned int argc,
+				  char **argv, struct ptb_job_params *p)
 {
-	const char *dev = ptb_device_name(pt->pd);
-	struct ptb_job_params p = {
-		.sync = PTB_SYNC_FULL,
-		.on_source_error = PTB_ERR_REPORT,
-		.on_target_error = PTB_ERR_REPORT,
-		.on_cbw_error = PTB_CBW_BREAK_SNAPSHOT,
-	};
 	unsigned long seen = 0;
 	unsigned int i;
 	int r;
 
+	memset(p, 0, sizeof(*p));
+	p->sync = PTB_SYNC_FULL;
+	p->on_source_error = PTB_ERR_REPORT;
+	p->on_target_error = PTB_ERR_REPORT;
+	p->on_cbw_error = PTB_CBW_BREAK_SNAPSHOT;
 	if (!ptb_valid_name(argv[0])) {
 		DMERR("%s: backup start: invalid job id `%s': use 1 to %u of [A-Za-z0-9._:-]",
 		      dev, argv[0], PTB_JOB_ID_MAX);
 		return -EINVAL;
 	}
-	strscpy(p.id, argv[0], sizeof(p.id));
-	p.target_path = argv[1];
+	strscpy(p->id, argv[0], sizeof(p->id));
+	p->target_path = argv[1];
 	for (i = 2; i < argc; i++) {
-		r = ptb_parse_option(dev, &p, argv[i], &seen);
+		r = ptb_parse_option(dev, p, argv[i], &seen);
 		if (r)
 			return r;
 	}
-	if (test_bit(PTB_OPT_BITMAP_MODE, &seen) && !p.bitmap) {
-		DMERR("%s: backup start %s: bitmap_mode needs bitmap=<name>", dev, p.id);
+	if (test_bit(PTB_OPT_BITMAP_MODE, &seen) && !p->bitmap) {
+		DMERR("%s: backup start %s: bitmap_mode needs bitmap=<name>", dev, p->id);
 		return -EINVAL;
 	}
-	return ptb_job_start(pt, &p);
+	return 0;
+}
+
+static int ptb_msg_backup_start(struct ptb_target *pt, unsigned int argc,
+				char **argv, char *result, unsigned int maxlen)
+{
+	struct ptb_job_params p;
+	int r = ptb_parse_backup_start(ptb_device_name(pt->pd), argc, argv, &p);
+
+	return r ? r : ptb_job_start(pt, &p);
 }
 
 /*----------------------------------------------------------------*/
@@ -446,35 +467,35 @@ static int ptb_msg_bitmap_dump(struct ptb_target *pt, unsigned int argc,
 /*----------------------------------------------------------------*/
 
 static const struct ptb_message_handler ptb_handlers[] = {
-	{ "backup", "start", 2, 2 + PTB_NR_OPTS, ptb_msg_backup_start },
-	{ "job", "cancel", 1, 1, ptb_msg_job_cancel },
-	{ "job", "pause", 1, 1, ptb_msg_job_pause },
-	{ "job", "resume", 1, 1, ptb_msg_job_resume },
-	{ "job", "dismiss", 1, 1, ptb_msg_job_dismiss },
-	{ "job", "set_speed", 2, 2, ptb_msg_job_set_speed },
-	{ "job", "list", 0, 0, ptb_msg_job_list },
-	{ "bitmap", "add", 1, 4, ptb_msg_bitmap_add },
-	{ "bitmap", "remove", 1, 1, ptb_msg_bitmap_remove },
-	{ "bitmap", "clear", 1, 1, ptb_msg_bitmap_clear },
-	{ "bitmap", "enable", 1, 1, ptb_msg_bitmap_enable },
-	{ "bitmap", "disable", 1, 1, ptb_msg_bitmap_disable },
-	{ "bitmap", "merge", 2, 2, ptb_msg_bitmap_merge },
-	{ "bitmap", "list", 0, 0, ptb_msg_bitmap_list },
-	{ "bitmap", "dump", 1, 2, ptb_msg_bitmap_dump },
+	{ "backup", "start", PTB_MSG_BACKUP_START, 2, 2 + PTB_NR_OPTS,
+	  ptb_msg_backup_start },
+	{ "job", "cancel", PTB_MSG_OTHER, 1, 1, ptb_msg_job_cancel },
+	{ "job", "pause", PTB_MSG_OTHER, 1, 1, ptb_msg_job_pause },
+	{ "job", "resume", PTB_MSG_OTHER, 1, 1, ptb_msg_job_resume },
+	{ "job", "dismiss", PTB_MSG_OTHER, 1, 1, ptb_msg_job_dismiss },
+	{ "job", "set_speed", PTB_MSG_OTHER, 2, 2, ptb_msg_job_set_speed },
+	{ "job", "list", PTB_MSG_OTHER, 0, 0, ptb_msg_job_list },
+	{ "bitmap", "add", PTB_MSG_BITMAP_ADD, 1, 4, ptb_msg_bitmap_add },
+	{ "bitmap", "remove", PTB_MSG_BITMAP_REMOVE, 1, 1, ptb_msg_bitmap_remove },
+	{ "bitmap", "clear", PTB_MSG_BITMAP_CLEAR, 1, 1, ptb_msg_bitmap_clear },
+	{ "bitmap", "enable", PTB_MSG_BITMAP_ENABLE, 1, 1, ptb_msg_bitmap_enable },
+	{ "bitmap", "disable", PTB_MSG_BITMAP_DISABLE, 1, 1, ptb_msg_bitmap_disable },
+	{ "bitmap", "merge", PTB_MSG_BITMAP_MERGE, 2, 2, ptb_msg_bitmap_merge },
+	{ "bitmap", "list", PTB_MSG_OTHER, 0, 0, ptb_msg_bitmap_list },
+	{ "bitmap", "dump", PTB_MSG_OTHER, 1, 2, ptb_msg_bitmap_dump },
 };
 
-int ptb_message(struct ptb_target *pt, unsigned int argc, char **argv,
-		char *result, unsigned int maxlen)
+static const struct ptb_message_handler *ptb_find_handler(const char *dev,
+							   unsigned int argc,
+							   char **argv)
 {
-	const char *dev = ptb_device_name(pt->pd);
 	const struct ptb_message_handler *h;
 	unsigned int i;
-	int r;
 
 	if (argc < 2) {
 		DMERR("%s: message needs a verb and an object, e.g. `backup start' or `job list'",
 		      dev);
-		return -EINVAL;
+		return NULL;
 	}
 	for (i = 0; i < ARRAY_SIZE(ptb_handlers); i++) {
 		h = &ptb_handlers[i];
@@ -483,13 +504,287 @@ int ptb_message(struct ptb_target *pt, unsigned int argc, char **argv,
 		if (argc - 2 < h->min_args || argc - 2 > h->max_args) {
 			DMERR("%s: `%s %s' takes %u to %u arguments, got %u", dev,
 			      h->verb, h->object, h->min_args, h->max_args, argc - 2);
-			return -EINVAL;
+			return NULL;
 		}
+		return h;
+	}
+	DMERR("%s: unsupported message `%s %s'", dev, argv[0], argv[1]);
+	return NULL;
+}
+
+/*----------------------------------------------------------------*/
+
+/*
+ * transaction <msg> ; <msg> ; ...
+ *
+ * Every element is checked first against the device as the earlier
+ * elements will have left it; then all are applied with writes held, so
+ * they take effect at one instant.  If an element still fails while being
+ * applied (out of memory, a target that became busy, a metadata error),
+ * the earlier ones are undone: added bitmaps removed, enabled or disabled
+ * ones switched back, started jobs cancelled and dismissed.
+ */
+
+#define PTB_TXN_MAX	16
+
+struct ptb_txn_elem {
+	const struct ptb_message_handler *h;
+	unsigned int argc;		/* after verb and object */
+	char **argv;
+	struct ptb_job_params p;	/* backup start */
+};
+
+/* Names whose state the transaction changes; the latest entry wins. */
+struct ptb_txn_view {
+	struct ptb_device *pd;
+	unsigned int nr;
+	struct {
+		const char *name;
+		bool is_job;
+		bool exists;
+		bool busy;
+	} ov[PTB_TXN_MAX * 2];
+};
+
+static int ptb_view_find(struct ptb_txn_view *v, const char *name, bool is_job)
+{
+	int i;
+
+	for (i = v->nr - 1; i >= 0; i--)
+		if (v->ov[i].is_job == is_job && !strcmp(v->ov[i].name, name))
+			return i;
+	return -1;
+}
+
+static bool ptb_view_bitmap(struct ptb_txn_view *v, const char *name, bool *busy)
+{
+	int i = ptb_view_find(v, name, false);
+	struct ptb_bitmap *b;
+
+	if (i >= 0) {
+		*busy = v->ov[i].busy;
+		return v->ov[i].exists;
+	}
+	b = ptb_bitmap_find(v->pd, name);
+	*busy = b && b->busy;
+	return b;
+}
+
+static void ptb_view_set(struct ptb_txn_view *v, const char *name, bool is_job,
+			 bool exists, bool busy)
+{
+	v->ov[v->nr].name = name;
+	v->ov[v->nr].is_job = is_job;
+	v->ov[v->nr].exists = exists;
+	v->ov[v->nr].busy = busy;
+	v->nr++;
+}
+
+static int ptb_txn_need_bitmap(struct ptb_txn_view *v, unsigned int n,
+			       const char *name, bool idle)
+{
+	const char *dev = ptb_device_name(v->pd);
+	bool busy;
+
+	if (!ptb_view_bitmap(v, name, &busy)) {
+		DMERR("%s: transaction element %u: no bitmap `%s'", dev, n, name);
+		return -ENOENT;
+	}
+	if (idle && busy) {
+		DMERR("%s: transaction element %u: bitmap %s is in use by a job",
+		      dev, n, name);
+		return -EBUSY;
+	}
+	return 0;
+}
+
+static int ptb_txn_check(struct ptb_target *pt, struct ptb_txn_view *v,
+			 unsigned int n, struct ptb_txn_elem *e)
+{
+	const char *dev = ptb_device_name(pt->pd);
+	char **argv = e->argv;
+	bool busy;
+	int r;
+
+	switch (e->h->kind) {
+	case PTB_MSG_BITMAP_ADD:
+		if (ptb_view_bitmap(v, argv[0], &busy)) {
+			DMERR("%s: transaction element %u: bitmap %s already exists",
+			      dev, n, argv[0]);
+			return -EEXIST;
+		}
+		ptb_view_set(v, argv[0], false, true, false);
+		return 0;
+	case PTB_MSG_BITMAP_REMOVE:
+		r = ptb_txn_need_bitmap(v, n, argv[0], true);
+		if (!r)
+			ptb_view_set(v, argv[0], false, false, false);
+		return r;
+	case PTB_MSG_BITMAP_CLEAR:
+	case PTB_MSG_BITMAP_DISABLE:
+		return ptb_txn_need_bitmap(v, n, argv[0], true);
+	case PTB_MSG_BITMAP_ENABLE:
+		return ptb_txn_need_bitmap(v, n, argv[0], false);
+	case PTB_MSG_BITMAP_MERGE:
+		r = ptb_txn_need_bitmap(v, n, argv[0], false);
+		return r ? r : ptb_txn_need_bitmap(v, n, argv[1], true);
+	case PTB_MSG_BACKUP_START:
+		r = ptb_parse_backup_start(dev, e->argc, argv, &e->p);
+		if (r)
+			return r;
+		if (ptb_view_find(v, e->p.id, true) >= 0 ||
+		    ptb_job_find(pt->pd, e->p.id)) {
+			DMERR("%s: transaction element %u: job %s already exists",
+			      dev, n, e->p.id);
+			return -EEXIST;
+		}
+		r = ptb_job_check_target(pt, e->p.id, e->p.target_path);
+		if (r)
+			return r;
+		if (e->p.bitmap) {
+			r = ptb_txn_need_bitmap(v, n, e->p.bitmap, true);
+			if (r)
+				return r;
+			ptb_view_set(v, e->p.bitmap, false, true, true);
+		}
+		ptb_view_set(v, e->p.id, true, true, false);
+		return 0;
+	default:
+		DMERR("%s: transaction element %u: `%s %s' cannot be part of a transaction",
+		      dev, n, e->h->verb, e->h->object);
+		return -EINVAL;
+	}
+}
+
+static int ptb_txn_apply(struct ptb_target *pt, struct ptb_txn_elem *e)
+{
+	if (e->h->kind == PTB_MSG_BACKUP_START)
+		return ptb_job_start(pt, &e->p);
+	return e->h->fn(pt, e->argc, e->argv, NULL, 0);
+}
+
+/* Undo elements [0, n) after element n failed.  Writes are held. */
+static void ptb_txn_undo(struct ptb_target *pt, struct ptb_txn_elem *elems,
+			 unsigned int n)
+{
+	struct ptb_device *pd = pt->pd;
+	struct ptb_txn_elem *e;
+	struct ptb_bitmap *b;
+	struct ptb_job *job;
+
+	while (n--) {
+		e = &elems[n];
+		b = e->h->kind == PTB_MSG_BACKUP_START ? NULL :
+			ptb_bitmap_find(pd, e->argv[0]);
+		switch (e->h->kind) {
+		case PTB_MSG_BITMAP_ADD:
+			if (b)
+				ptb_bitmap_remove(pd, b);
+			break;
+		case PTB_MSG_BITMAP_ENABLE:
+		case PTB_MSG_BITMAP_DISABLE:
+			if (b)
+				ptb_bitmap_enable(pd, b,
+						  e->h->kind == PTB_MSG_BITMAP_DISABLE);
+			break;
+		case PTB_MSG_BACKUP_START:
+			job = ptb_job_find(pd, e->p.id);
+			if (job) {
+				/* A finishing job takes the hold: let go first. */
+				ptb_release_writes(pd);
+				ptb_job_cancel(job);
+				ptb_job_dismiss(job);
+				ptb_hold_writes(pd);
+			}
+			break;
+		default:
+			DMERR("%s: transaction: element %u (%s %s) cannot be undone",
+			      ptb_device_name(pd), n, e->h->verb, e->h->object);
+			break;
+		}
+	}
+}
+
+static int ptb_transaction(struct ptb_target *pt, unsigned int argc, char **argv)
+{
+	const char *dev = ptb_device_name(pt->pd);
+	struct ptb_txn_view *v;
+	struct ptb_txn_elem *elems;
+	unsigned int i, start, n = 0;
+	int r = 0;
+
+	elems = kcalloc(PTB_TXN_MAX, sizeof(*elems), GFP_KERNEL);
+	v = kzalloc(sizeof(*v), GFP_KERNEL);
+	if (!elems || !v) {
+		r = -ENOMEM;
+		goto out;
+	}
+	v->pd = pt->pd;
+
+	/* Split at `;' words. */
+	for (start = i = 1; i <= argc; i++) {
+		if (i < argc && strcmp(argv[i], ";"))
+			continue;
+		if (n == PTB_TXN_MAX) {
+			DMERR("%s: transaction: more than %u elements", dev, PTB_TXN_MAX);
+			r = -EINVAL;
+			goto out;
+		}
+		elems[n].h = ptb_find_handler(dev, i - start, argv + start);
+		if (!elems[n].h) {
+			DMERR("%s: transaction element %u is invalid", dev, n);
+			r = -EINVAL;
+			goto out;
+		}
+		elems[n].argc = i - start - 2;
+		elems[n].argv = argv + start + 2;
+		n++;
+		start = i + 1;
+	}
+
+	for (i = 0; i < n; i++) {
+		r = ptb_txn_check(pt, v, i, &elems[i]);
+		if (r) {
+			DMERR("%s: transaction refused at element %u: nothing changed",
+			      dev, i);
+			goto out;
+		}
+	}
+
+	ptb_hold_writes(pt->pd);
+	for (i = 0; i < n; i++) {
+		r = ptb_txn_apply(pt, &elems[i]);
+		if (r) {
+			DMERR("%s: transaction element %u failed (%d): undoing the earlier ones",
+			      dev, i, r);
+			ptb_txn_undo(pt, elems, i);
+			break;
+		}
+	}
+	ptb_release_writes(pt->pd);
+out:
+	kfree(v);
+	kfree(elems);
+	return r;
+}
+
+int ptb_message(struct ptb_target *pt, unsigned int argc, char **argv,
+		char *result, unsigned int maxlen)
+{
+	const struct ptb_message_handler *h;
+	int r;
+
+	if (argc && !strcasecmp(argv[0], "transaction")) {
 		mutex_lock(&pt->pd->lock);
-		r = h->fn(pt, argc - 2, argv + 2, result, maxlen);
+		r = ptb_transaction(pt, argc, argv);
 		mutex_unlock(&pt->pd->lock);
 		return r;
 	}
-	DMERR("%s: unsupported message `%s %s'", dev, argv[0], argv[1]);
-	return -EINVAL;
+	h = ptb_find_handler(ptb_device_name(pt->pd), argc, argv);
+	if (!h)
+		return -EINVAL;
+	mutex_lock(&pt->pd->lock);
+	r = h->fn(pt, argc - 2, argv + 2, result, maxlen);
+	mutex_unlock(&pt->pd->lock);
+	return r;
 }

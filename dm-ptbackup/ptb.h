@@ -177,6 +177,8 @@ struct ptb_device {
 
 	/* Write accounting: the point in time of a new job. */
 	struct mutex hold_lock;		/* one hold at a time */
+	struct task_struct *hold_owner;	/* under hold_lock */
+	unsigned int hold_depth;
 	atomic_t writes_in_flight;
 	int hold_writes;		/* smp_load_acquire/smp_store_release */
 	wait_queue_head_t writes_drained;
@@ -246,6 +248,8 @@ bool ptb_copy_in_flight(struct ptb_job *job, unsigned long chunk); /* worker */
 /* ptb-job.c */
 struct ptb_job *ptb_job_find(struct ptb_device *pd, const char *id);
 int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p);
+int ptb_job_check_target(struct ptb_target *pt, const char *id,
+			 const char *path);
 int ptb_job_dismiss(struct ptb_job *job);
 void ptb_jobs_destroy(struct ptb_device *pd);
 bool ptb_job_active(const struct ptb_job *job);		/* any context */

@@ -35,7 +35,7 @@ refuse() {	# refuse DESC TEXT MESSAGE-WORDS...
 refuse "empty verb" "message needs a verb" backup
 refuse "unknown message" "unsupported message" backup stop x
 refuse "unknown job verb" "unsupported message" job frobnicate x
-refuse "backup start without target" "takes 2 to 7 arguments" backup start j1
+refuse "backup start without target" "takes 2 to 9 arguments" backup start j1
 refuse "invalid job id" "invalid job id" backup start 'a/b' "$tgt"
 refuse "job id too long" "invalid job id" backup start \
 	abcdefghijabcdefghijabcdefghijabc "$tgt"
@@ -44,7 +44,7 @@ refuse "duplicate job id" "already exists" backup start keep "$tgt"
 refuse "unknown option" "unknown option \`colour'" backup start j1 "$tgt" colour=red
 refuse "option without value" "not of the form key=value" backup start j1 "$tgt" sync
 refuse "option given twice" "given twice" backup start j1 "$tgt" sync=full sync=none
-refuse "bad sync mode" "invalid value \`incremental' for sync" \
+refuse "bad sync mode" "invalid value \`differential' for sync" \
 	backup start j1 "$tgt" sync=differential
 refuse "bad on_source_error" "invalid value" backup start j1 "$tgt" on_source_error=panic
 refuse "bad on_target_error" "invalid value" backup start j1 "$tgt" on_target_error=

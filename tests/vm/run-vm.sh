@@ -7,7 +7,8 @@ set -u
 usage() {
 	cat <<USAGE
 usage: $0 [--kver KVER] [--outdir DIR] [--timeout SECS] [--env NAME=VALUE]...
-          [--console-loglevel N] [--mem MB] [--smp N] -- CMD [ARGS...]
+          [--console-loglevel N] [--mem MB] [--smp N] [--kernel PATH]
+          [--modules DIR] [--append ARGS] -- CMD [ARGS...]
 
   --kver KVER     kernel to boot (default: \$KVER or newest /lib/modules/*-amd64
                   that has /boot/vmlinuz-KVER)
@@ -18,6 +19,10 @@ usage: $0 [--kver KVER] [--outdir DIR] [--timeout SECS] [--env NAME=VALUE]...
   --console-loglevel N  kernel messages below level N reach the console once
                   the command runs (default 1: only panics and oopses)
   --mem MB        guest memory (default 2048)    --smp N   guest CPUs (default 2)
+  --kernel PATH   boot this image instead of /boot/vmlinuz-KVER (needs --kver)
+  --modules DIR   DIR/lib/modules/KVER becomes the guest's /lib/modules/KVER
+                  (default: the host's /lib/modules/KVER)
+  --append ARGS   more kernel command-line arguments
 
 The command runs in the repo's root directory with DM_DISABLE_UDEV=1.
 Exit status: the command's, 124 on timeout, 125 if the guest died without a result.
@@ -35,6 +40,9 @@ mem=2048
 smp=2
 envs=()
 conlevel=1
+kernel=
+moddir=
+append=
 
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -49,6 +57,12 @@ while [ $# -gt 0 ]; do
 	--console-loglevel) conlevel=${2:?}; shift 2 ;;
 	--mem) mem=${2:?}; shift 2 ;;
 	--smp) smp=${2:?}; shift 2 ;;
+	--kernel) kernel=${2:?}; shift 2 ;;
+	--kernel=*) kernel=${1#*=}; shift ;;
+	--modules) moddir=${2:?}; shift 2 ;;
+	--modules=*) moddir=${1#*=}; shift ;;
+	--append) append=${2:?}; shift 2 ;;
+	--append=*) append=${1#*=}; shift ;;
 	-h|--help) usage; exit 0 ;;
 	--) shift; break ;;
 	*) usage >&2; exit 125 ;;
@@ -56,6 +70,14 @@ while [ $# -gt 0 ]; do
 done
 [ $# -gt 0 ] || { usage >&2; exit 125; }
 
+if [ -n "$kernel" ]; then
+	[ -n "$kver" ] || die "--kernel needs --kver"
+	kernel=$(realpath -e "$kernel") || die "kernel $kernel not found"
+fi
+if [ -n "$moddir" ]; then
+	moddir=$(realpath -e "$moddir") || die "--modules $moddir not found"
+	case $moddir in *[[:space:]]*) die "--modules path must not contain whitespace" ;; esac
+fi
 if [ -z "$kver" ]; then
 	kver=$(for d in /lib/modules/*-amd64; do
 		k=${d##*/}
@@ -63,9 +85,9 @@ if [ -z "$kver" ]; then
 	done | sort -V | tail -n1)
 	[ -n "$kver" ] || die "no /lib/modules/*-amd64 with a /boot/vmlinuz found"
 fi
-kernel=/boot/vmlinuz-$kver
+[ -n "$kernel" ] || kernel=/boot/vmlinuz-$kver
 [ -r "$kernel" ] || die "$kernel not found"
-[ -d "/lib/modules/$kver" ] || die "/lib/modules/$kver not found"
+[ -d "$moddir/lib/modules/$kver" ] || die "$moddir/lib/modules/$kver not found"
 case $timeout_s in ''|*[!0-9]*) die "bad --timeout '$timeout_s'" ;; esac
 case $conlevel in [1-8]) ;; *) die "bad --console-loglevel '$conlevel'" ;; esac
 
@@ -92,8 +114,10 @@ cache=${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/ptbackup-vm/$kver
 initrd=$cache/initrd.cpio.gz
 mkdir -p "$cache" || die "cannot create $cache"
 
+modprobe_args=(-S "$kver")
+[ -n "$moddir" ] && modprobe_args+=(-d "$moddir")
 modlist=$(for m in virtio_pci 9pnet_virtio 9p overlay; do
-	modprobe -S "$kver" -D "$m" || exit 1
+	modprobe "${modprobe_args[@]}" -D "$m" || exit 1
 done | awk '$1 == "insmod" && !seen[$2]++ { print $2 }') ||
 	die "cannot resolve 9p/virtio modules for $kver"
 
@@ -128,9 +152,12 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in $(cat /mods/order); do insmod /mods/$m || echo "initramfs: insmod $m failed"; done
-ptb_init=
+ptb_init= ptb_moddir=
 for a in $(cat /proc/cmdline); do
-	case $a in ptb.init=*) ptb_init=${a#ptb.init=} ;; esac
+	case $a in
+	ptb.init=*) ptb_init=${a#ptb.init=} ;;
+	ptb.moddir=*) ptb_moddir=${a#ptb.moddir=} ;;
+	esac
 done
 fail() { echo "initramfs: $*"; echo o > /proc/sysrq-trigger; sleep 5; poweroff -f; }
 mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=262144,cache=loose hostroot /lower ||
@@ -142,6 +169,11 @@ if ! mount -t overlay -o lowerdir=/lower,upperdir=/upper/u,workdir=/upper/w over
 	mount --move /lower /newroot || fail "cannot move root"
 fi
 [ -n "$ptb_init" ] && [ -f "/newroot$ptb_init" ] || fail "ptb.init '$ptb_init' not found"
+if [ -n "$ptb_moddir" ]; then
+	kmods=/lib/modules/$(uname -r)
+	mkdir -p "/newroot$kmods" && mount --bind "/newroot$ptb_moddir$kmods" "/newroot$kmods" ||
+		fail "cannot bind $ptb_moddir$kmods on $kmods"
+fi
 umount /proc /sys
 mount --move /dev /newroot/dev 2>/dev/null || umount /dev
 exec switch_root /newroot /bin/bash "$ptb_init"
@@ -178,6 +210,8 @@ INIT
 
 cmdline="console=ttyS0 edd=off loglevel=4 log_buf_len=8M panic=-1 printk.devkmsg=on"
 cmdline="$cmdline ptb.init=$here/guest-init.sh ptb.repo=$repo ptb.conlevel=$conlevel"
+[ -n "$moddir" ] && cmdline="$cmdline ptb.moddir=$moddir"
+[ -n "$append" ] && cmdline="$cmdline $append"
 
 start=$(date +%s)
 timeout -k 15 "$timeout_s" qemu-system-x86_64 \

@@ -1,0 +1,48 @@
+#!/bin/bash
+# Transactions: all elements or none.
+. "$(dirname "$0")/lib/tap.sh"
+. "$(dirname "$0")/lib/ptb.sh"
+need_root
+need_cmd dmsetup
+
+tap_plan 13
+origin=$(make_loop 16)
+meta=$(make_loop 4)
+t1=$(make_loop 16) t2=$(make_loop 16) busy=$(make_loop 16)
+sz=$(dev_sectors "$origin")
+dev=ptb_tx
+dm_create $dev "0 $sz ptbackup $origin $meta 128"
+dm_create ptb_tx_holder "0 $sz linear $busy 0"
+state() { dm_msg $dev bitmap list; dm_msg $dev job list | cut -d" " -f1,4; }
+
+tap_check "a transaction of three elements" dm_msg $dev transaction \
+	bitmap add a \; bitmap add b granularity=256K \; \
+	backup start j "$t1" sync=full bitmap=a speed=1M
+tap_eq "both bitmaps exist" "a b" "$(dm_msg $dev bitmap list | cut -d' ' -f1 | tr '\n' ' ' | sed 's/ $//')"
+tap_eq "the job runs on bitmap a" "running busy" \
+	"$(ptb_job_field $dev j state) $(dm_msg $dev bitmap list | awk '$1 == "a" { print $5 }')"
+
+before=$(state)
+txrefuse() {	# txrefuse DESC TEXT ELEMENTS...
+	local desc=$1 text=$2 now
+	shift 2
+	expect_refused "$desc" "$text" dm_msg $dev transaction "$@" || return
+	now=$(state)
+	if [ "$now" != "$before" ]; then
+		not_ok "$desc: nothing changed"
+		tap_diag "before: $before" "after: $now"
+	else
+		ok "$desc: nothing changed"
+	fi
+}
+txrefuse "a failing last element" "element 1: no bitmap \`nope'" \
+	bitmap add c \; bitmap remove nope
+txrefuse "a busy bitmap" "element 1: bitmap a is in use" \
+	bitmap add c \; bitmap clear a
+txrefuse "the same job id twice" "element 1: job x already exists" \
+	backup start x "$t2" \; backup start x "$t2"
+txrefuse "a message that cannot be in a transaction" "cannot be part of a transaction" \
+	bitmap add c \; bitmap list
+txrefuse "an element that fails only when applied (busy target)" "undoing the earlier ones" \
+	bitmap add c \; bitmap disable b \; backup start y "$busy"
+tap_done
