@@ -6,6 +6,8 @@
 #   make check           install what is missing, build, boot a VM, run the suite
 #   make demo            live backup demo in the VM
 #   make check-debug     the suite on a debug kernel (KASAN, lockdep, kmemleak)
+#   make check-debug-selftest  prove that lane catches a leak and a lock inversion
+#   make bench           IOPS ratios against dm-linear, dm-era, dm-snapshot
 #   make lint            W=1 and sparse build, checkpatch
 #   make KVER=<release>  pick the kernel (default: newest installed Debian headers)
 #
@@ -17,7 +19,7 @@ KVER ?= $(shell ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | \
 KDIR ?= /usr/src/linux-headers-$(KVER)
 MODDIR ?= /lib/modules/$(KVER)/updates/dm-ptbackup
 
-.PHONY: all module tools install-module deps check check-vm check-debug demo demo-vm lint clean
+.PHONY: all module tools install-module deps check check-vm check-debug check-debug-selftest demo demo-vm lint clean
 
 all: module tools
 
@@ -45,10 +47,24 @@ check: deps
 check-vm: install-module tools
 	bash tests/vm/check.sh --kver $(KVER)
 
-# The debug lane: a KASAN/lockdep/kmemleak kernel built from linux-source,
-# cached outside the repo (see tests/vm/check-debug.sh).
+# The debug lane: a KASAN/lockdep/kmemleak/UBSAN kernel built from
+# linux-source-6.1, cached outside the repo (tests/vm/build-debug-kernel.sh),
+# the module built against its tree, the whole suite in the VM, then a
+# kmemleak scan and a kernel-log check (tests/vm/check-debug.sh).
+#   make check-debug PTB_TEST_FAULT=leak|lock-order   must fail (test-only)
+#   make check-debug-selftest    passes only if both faults are caught
 check-debug: deps
-	bash tests/vm/check-debug.sh
+	bash tests/vm/check-debug.sh $(if $(PTB_TEST_FAULT),--fault $(PTB_TEST_FAULT))
+
+check-debug-selftest: deps
+	bash tests/vm/check-debug.sh --selftest
+
+# Ratios against dm-linear, dm-era and dm-snapshot, measured in one VM run.
+bench: deps
+	$(MAKE) bench-vm
+
+bench-vm: install-module
+	bash tests/vm/run-vm.sh --kver $(KVER) -- tests/bench/bench.sh
 
 demo: deps
 	$(MAKE) demo-vm

@@ -11,11 +11,14 @@
 
 #define DM_MSG_PREFIX "ptbackup"
 
-#define ptb_in_marker(pd) (current_work() == &(pd)->marker)
-
 /* Bitmaps are freed only after the marker is flushed: see ptb_bitmap_free(). */
-#define for_each_bitmap_in_marker(b, pd_) \
-	list_for_each_entry_rcu(b, &(pd_)->bitmaps, node, ptb_in_marker(pd_))
+static inline bool __maybe_unused ptb_in_marker(struct ptb_device *pd)
+{
+	return current_work() == &pd->marker;
+}
+
+#define for_each_bitmap_in_marker(b, pd) \
+	list_for_each_entry_rcu(b, &(pd)->bitmaps, node, ptb_in_marker(pd))
 
 static bool ptb_bitmap_persistent(struct ptb_device *pd, struct ptb_bitmap *b)
 {
@@ -307,12 +310,12 @@ int ptb_bitmap_add(struct ptb_target *pt, const char *name, u64 granularity,
 	if (!is_power_of_2(granularity) ||
 	    granularity < ((u64)pt->chunk_sectors << SECTOR_SHIFT) ||
 	    granularity > (1ULL << 40)) {
-		DMERR("%s: bitmap add %s: granularity %llu must be a power of two from the chunk size (%llu) to 1T",
+		DMERR("%s: bitmap add %s: granularity %llu must be a power of two from %llu to 1T",
 		      dev, name, granularity, (u64)pt->chunk_sectors << SECTOR_SHIFT);
 		return -EINVAL;
 	}
 	if (persistent && ptb_metadata_failed(pd->pmd)) {
-		DMERR("%s: bitmap add %s: metadata is in fail mode; only transient bitmaps can be added",
+		DMERR("%s: bitmap add %s: metadata failed: add transient bitmaps only",
 		      dev, name);
 		return -EIO;
 	}
@@ -329,7 +332,7 @@ int ptb_bitmap_add(struct ptb_target *pt, const char *name, u64 granularity,
 		md.enabled = b->enabled;
 		r = ptb_metadata_add_bitmap(pd->pmd, &md, &slot);
 		if (r == -ENOSPC)
-			DMERR("%s: bitmap add %s: no room on the metadata device (see the size formula in the documentation)",
+			DMERR("%s: bitmap add %s: no room on the metadata device",
 			      dev, name);
 		if (!r) {
 			r = ptb_bitmap_commit(pd, "add", b);

@@ -49,15 +49,18 @@ struct ptb_copy {
 	bool zero;
 };
 
-#define ptb_in_worker(pd) (current_work() == &(pd)->worker)
-
 /*
  * Jobs are freed only after the worker has been flushed (job dismiss and
  * device destruction), so the worker may walk the job list without holding
  * rcu_read_lock() across the sleeps of I/O submission.
  */
-#define for_each_job_in_worker(job, pd_) \
-	list_for_each_entry_rcu(job, &(pd_)->jobs, node, ptb_in_worker(pd_))
+static inline bool __maybe_unused ptb_in_worker(struct ptb_device *pd)
+{
+	return current_work() == &pd->worker;
+}
+
+#define for_each_job_in_worker(job, pd) \
+	list_for_each_entry_rcu(job, &(pd)->jobs, node, ptb_in_worker(pd))
 
 /*----------------------------------------------------------------*/
 

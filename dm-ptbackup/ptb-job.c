@@ -195,7 +195,7 @@ static int ptb_job_open_target(struct ptb_target *pt, struct ptb_job *job,
 	target = job->target.bdev;
 	job->target_dev = target->bd_dev;
 	if (bdev_nr_sectors(target) < pt->ti->len) {
-		DMERR("%s: backup start %s: target %s has %llu sectors, fewer than the device's %llu",
+		DMERR("%s: backup start %s: target %s: %llu sectors, fewer than the device's %llu",
 		      name, job->id, path,
 		      (unsigned long long)bdev_nr_sectors(target),
 		      (unsigned long long)pt->ti->len);
@@ -241,7 +241,7 @@ static int ptb_job_check_bitmap(struct ptb_target *pt,
 		return -EBUSY;
 	}
 	if (p->sync == PTB_SYNC_INCREMENTAL && READ_ONCE(b->inconsistent)) {
-		DMERR("%s: backup start %s: bitmap %s lost track of writes (metadata failure): take a full backup",
+		DMERR("%s: backup start %s: bitmap %s lost track of writes: take a full backup",
 		      name, p->id, b->name);
 		return -EINVAL;
 	}
@@ -520,13 +520,12 @@ static void ptb_job_finish_flush(struct ptb_job *job)
 	if (r == 1)
 		return;
 	job->flushing = false;
-	if (r) {
+	if (r)
 		ptb_job_error(job, PTB_SITE_FLUSH, r, job->on_target_error);
-	} else if (job->bitmap) {
+	else if (job->bitmap)
 		ptb_job_start_finalize(job, true);
-	} else if (ptb_job_transition(job, BIT(PTB_JOB_RUNNING), PTB_JOB_COMPLETED)) {
+	else if (ptb_job_transition(job, BIT(PTB_JOB_RUNNING), PTB_JOB_COMPLETED))
 		ptb_job_log_completion(job);
-	}
 }
 
 /* Give back what a finished job holds; its entry stays until dismissed. */

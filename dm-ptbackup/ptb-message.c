@@ -485,9 +485,8 @@ static const struct ptb_message_handler ptb_handlers[] = {
 	{ "bitmap", "dump", PTB_MSG_OTHER, 1, 2, ptb_msg_bitmap_dump },
 };
 
-static const struct ptb_message_handler *ptb_find_handler(const char *dev,
-							   unsigned int argc,
-							   char **argv)
+static const struct ptb_message_handler *
+ptb_find_handler(const char *dev, unsigned int argc, char **argv)
 {
 	const struct ptb_message_handler *h;
 	unsigned int i;

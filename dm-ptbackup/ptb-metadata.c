@@ -36,7 +36,7 @@
 #define PTB_MD_VERSION		1
 #define PTB_MD_CSUM_XOR		0x70746231
 
-#define PTB_DISK_BITMAP_ENABLED	(1U << 0)
+#define PTB_DISK_BITMAP_ENABLED	BIT(0)
 
 struct ptb_disk_bitmap {
 	char name[PTB_BITMAP_NAME_MAX];	/* NUL padded, not terminated */
@@ -68,7 +68,7 @@ struct ptb_md_slot {
 };
 
 struct ptb_metadata {
-	struct mutex lock;
+	struct mutex lock;		/* everything below */
 	struct dm_bufio_client *bufio;
 	u64 nr_blocks;			/* size of the metadata device */
 	u64 generation;
@@ -256,7 +256,7 @@ static int ptb_md_load(struct ptb_metadata *pmd, char **error)
 		if (kind[0] == PTB_SB_CORRUPT || kind[1] == PTB_SB_CORRUPT)
 			*error = "Metadata superblock is corrupt (bad checksum)";
 		else
-			*error = "Metadata device holds something else (bad magic): zero it to format";
+			*error = "Metadata device holds something else: zero it to format";
 		return -EINVAL;
 	}
 
@@ -308,7 +308,7 @@ int ptb_metadata_open(struct block_device *bdev, sector_t dev_sectors,
 	for (i = 0; i < PTB_MAX_PERSISTENT_BITMAPS; i++)
 		any |= pmd->slots[i].used;
 	if (dev_sectors > pmd->dev_sectors && any) {
-		*error = "Device is larger than the size its persistent bitmaps cover: remove them first";
+		*error = "Device is larger than its persistent bitmaps cover: remove them first";
 		r = -EINVAL;
 		goto bad;
 	}
@@ -412,27 +412,27 @@ static bool ptb_md_region_free(struct ptb_metadata *pmd, u64 first, u64 nr)
 	return true;
 }
 
+static void ptb_md_try_region(struct ptb_metadata *pmd, u64 cand, u64 nr,
+			      u64 *best)
+{
+	if (cand < *best && cand + nr <= pmd->nr_blocks &&
+	    ptb_md_region_free(pmd, cand, nr))
+		*best = cand;
+}
+
 /* First fit: candidates are the data start and the end of every region. */
 static int ptb_md_alloc_region(struct ptb_metadata *pmd, u64 nr, u64 *first)
 {
 	const struct ptb_md_slot *tables[] = { pmd->slots, pmd->committed };
-	u64 best = U64_MAX, cand;
+	u64 best = U64_MAX;
 	unsigned int t, i;
 
-	for (t = 0; t <= ARRAY_SIZE(tables); t++) {
-		for (i = 0; i < PTB_MAX_PERSISTENT_BITMAPS; i++) {
-			if (t == ARRAY_SIZE(tables)) {
-				cand = PTB_MD_FIRST_DATA_BLOCK;
-			} else if (tables[t][i].used) {
-				cand = tables[t][i].first_block + tables[t][i].nr_blocks;
-			} else {
-				continue;
-			}
-			if (cand < best && cand + nr <= pmd->nr_blocks &&
-			    ptb_md_region_free(pmd, cand, nr))
-				best = cand;
-		}
-	}
+	ptb_md_try_region(pmd, PTB_MD_FIRST_DATA_BLOCK, nr, &best);
+	for (t = 0; t < ARRAY_SIZE(tables); t++)
+		for (i = 0; i < PTB_MAX_PERSISTENT_BITMAPS; i++)
+			if (tables[t][i].used)
+				ptb_md_try_region(pmd, tables[t][i].first_block +
+						  tables[t][i].nr_blocks, nr, &best);
 	if (best == U64_MAX)
 		return -ENOSPC;
 	*first = best;

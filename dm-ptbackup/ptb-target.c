@@ -112,11 +112,11 @@ static int ptb_device_attach_metadata(struct ptb_device *pd,
 
 	if (pd->pmd) {
 		if (dev != pd->metadata_dev) {
-			*error = "Cannot change or drop the metadata device of a live device: remove it and create it again";
+			*error = "Cannot change the metadata device on reload";
 			return -EINVAL;
 		}
 		if (pt->ti->len > ptb_metadata_dev_sectors(pd->pmd) && pd->nr_bitmaps) {
-			*error = "Device is larger than the size its persistent bitmaps cover: remove them first";
+			*error = "Device is larger than its persistent bitmaps cover";
 			return -EINVAL;
 		}
 		return 0;

@@ -65,10 +65,14 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Seconds since the epoch, with fractions.
-now() { date +%s.%N; }
+# Microseconds since the epoch, without starting a process.
+now_us() { echo $((${EPOCHREALTIME/./})); }
+# tenths VAR N: store N/10 with one decimal ("123" -> "12.3") in VAR.
+tenths() { printf -v "$1" '%d.%d' $(($2 / 10)) $(($2 % 10)); }
 # calc EXPR: floating point arithmetic, printed with one decimal.
 calc() { awk "BEGIN { printf \"%.1f\", $1 }"; }
+# secs US: microseconds as seconds with one decimal.
+secs() { calc "$1 / 1000000"; }
 
 # Read job "demo" out of `dmsetup status': sets st_state, st_done,
 # st_total, st_error.  The line is
@@ -142,16 +146,16 @@ say "filled:  $nfiles files, $(calc "$bytes / 1048576") MiB, plus a $fio_mb MiB 
 # `backup start' was accepted.
 fsfreeze -f "$work/live" || fail "fsfreeze -f"
 frozen=1
-t=$(now)
+t=$(now_us)
 (cd "$work/live" && find . -type f -print0 | sort -z | xargs -0 sha256sum) \
 	> "$work/sums" || fail "hashing the files"
 nsums=$(wc -l < "$work/sums")
 dmsetup message "$name" 0 backup start demo "$target" sync=full speed="$speed" ||
 	fail "backup start (see dmesg)"
-start=$(now)
+start_us=$(now_us)
 fsfreeze -u "$work/live" || fail "fsfreeze -u"
 frozen=0
-say "instant: fs frozen $(calc "$start - $t") s: $nsums files hashed, then" \
+say "instant: fs frozen $(secs $((start_us - t))) s: $nsums files hashed, then" \
 	"'backup start demo $target sync=full speed=$speed'"
 
 # --- the workload, while the backup runs --------------------------------------
@@ -166,44 +170,45 @@ overwritten=0
 deleted=0
 say "backup running; fio writes 4 KiB blocks at random into fio.dat, and every"
 say "second one file is overwritten and another deleted:"
-say "   time  state        done               rate"
-tick=0
-last_state=
+say "   time  state         done                 avg rate"
+next_us=$((start_us + 1000000))
 while :; do
-	sleep 0.25
-	tick=$((tick + 1))
+	sleep 0.2
 	read_job || fail "job demo not found in: $(dmsetup status "$name")"
-	elapsed=$(calc "$(now) - $start")
+	now=$(now_us)
 	case $st_state in
 	running|paused) ;;
 	completed) break ;;
 	*) fail "job ended $st_state, last error $st_error" ;;
 	esac
-	[ -n "$fio_pid" ] && ! kill -0 "$fio_pid" 2>/dev/null &&
-		fail "fio stopped early: $(tail -n 3 "$work/fio.log")"
-	if awk "BEGIN { exit !($elapsed > $timeout_s) }"; then
+	[ $((now - start_us)) -lt $((timeout_s * 1000000)) ] ||
 		fail "backup not completed after ${timeout_s}s (state $st_state)"
-	fi
-	if [ $((tick % 4)) = 0 ] || [ "$st_state" != "$last_state" ]; then
-		printf '%6s s  %-9s %5s%%  %6s/%s MiB  %5s MiB/s\n' "$elapsed" \
-			"$st_state" "$(calc "100 * $st_done / $st_total")" \
-			"$(calc "$st_done / 1048576")" "$(calc "$st_total / 1048576")" \
-			"$(calc "$st_done / 1048576 / $elapsed")"
-		last_state=$st_state
-	fi
-	if [ $((tick % 4)) = 0 ] && [ $((2 * deleted + 1)) -lt ${#files[@]} ]; then
+	kill -0 "$fio_pid" 2>/dev/null || fail "fio stopped early: $(tail -n 3 "$work/fio.log")"
+	[ "$now" -ge "$next_us" ] || continue
+
+	# once a second: a line of progress, and churn on the files
+	next_us=$((next_us + 1000000))
+	[ "$now" -ge "$next_us" ] && next_us=$((now + 1000000))
+	el=$(((now - start_us) / 100000))
+	tenths t_el "$el"
+	tenths t_pct $((st_done * 1000 / st_total))
+	tenths t_done $((st_done * 10 / 1048576))
+	tenths t_total $((st_total * 10 / 1048576))
+	tenths t_rate $((st_done * 10 / 1048576 * 10 / (el > 0 ? el : 1)))
+	printf '%6s s  %-9s %5s%%  %6s/%s MiB  %5s MiB/s\n' "$t_el" "$st_state" \
+		"$t_pct" "$t_done" "$t_total" "$t_rate"
+	if [ $((2 * deleted + 1)) -lt ${#files[@]} ]; then
 		# overwrite the first 64 KiB of one file, delete another
-		f=${files[2 * deleted]}
-		head -c 65536 /dev/urandom |
-			dd of="$work/live/$f" bs=64k seek=0 conv=notrunc status=none &&
-			overwritten=$((overwritten + 1))
+		dd if=/dev/urandom of="$work/live/${files[2 * deleted]}" bs=64k count=1 \
+			conv=notrunc status=none && overwritten=$((overwritten + 1))
 		rm -f "$work/live/${files[2 * deleted + 1]}" && deleted=$((deleted + 1))
 	fi
 done
-end=$(now)
-duration=$(calc "$end - $start")
-printf '%6s s  %-9s %5s%%  %6s/%s MiB\n' "$duration" "$st_state" "100.0" \
-	"$(calc "$st_done / 1048576")" "$(calc "$st_total / 1048576")"
+end_us=$now
+duration=$(secs $((end_us - start_us)))
+tenths t_done $((st_done * 10 / 1048576))
+tenths t_total $((st_total * 10 / 1048576))
+printf '%6s s  %-9s %5s%%  %6s/%s MiB\n' "$duration" "$st_state" 100.0 "$t_done" "$t_total"
 
 kill -TERM "$fio_pid" 2>/dev/null
 wait "$fio_pid" 2>/dev/null
@@ -241,11 +246,10 @@ say "verify:  $nsums/$nsums files in the backup match their sha256 at the point 
 changed=$( (cd "$work/live" && sha256sum -c --quiet "$work/sums" 2>/dev/null) | wc -l)
 [ "$changed" -gt 0 ] || fail "the live filesystem did not change during the backup"
 
-total_mib=$(calc "$st_total / 1048576")
 say "== summary"
-say "  backed up       $total_mib MiB device ($(calc "$bytes / 1048576") MiB in $nfiles files, plus fio.dat)"
+say "  backed up       $t_total MiB device ($(calc "$bytes / 1048576") MiB in $nfiles files, plus fio.dat)"
 say "  job duration    $duration s at speed=$speed"
-say "  throughput      $(calc "$st_total / 1048576 / $duration") MiB/s"
+say "  throughput      $(calc "$st_total / 1048576 / ($end_us - $start_us) * 1000000") MiB/s"
 say "  files verified  $nsums (the live copies of $changed of them changed meanwhile)"
 say "  during backup   fio $iops write IOPS (4 KiB random, $fio_mib MiB written)," \
 	"$overwritten files overwritten, $deleted deleted"

@@ -71,7 +71,7 @@ mrefuse "a too small metadata device is refused" "too small" "$small"
 # Growing the device beyond what persistent bitmaps cover.
 dd if=$cp_meta of="$mdisk" bs=1M oflag=direct status=none
 big=$(make_loop 32)
-expect_refused "a device larger than its bitmaps is refused" "larger than the size its persistent bitmaps cover" \
+expect_refused "a device larger than its bitmaps is refused" "larger than its persistent bitmaps cover" \
 	dmsetup create ptb_md --table "0 $(dev_sectors "$big") ptbackup $big $mdisk 128"
 dmsetup remove ptb_md >/dev/null 2>&1
 

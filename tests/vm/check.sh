@@ -39,6 +39,35 @@ done
 rc=${PIPESTATUS[0]}
 
 summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed(, [0-9]+ skipped)?$' "$log" | tail -n1)
+
+# Persistence across a guest reboot: two boots sharing image files in the
+# output directory.  Counted as one more test of the suite.
+reboot_rc=skip
+if [ -z "${TESTS:-}" ] && [ -n "$summary" ]; then
+	echo "# reboot persistence: first boot"
+	"$here/run-vm.sh" "${vm_args[@]}" --outdir "$outdir/reboot-1" -- tests/reboot/phase1.sh \
+		> "$outdir/reboot-1.log" 2>&1
+	mkdir -p "$outdir/reboot-2"
+	mv "$outdir/reboot-1/reboot" "$outdir/reboot-2/" 2>/dev/null
+	echo "# reboot persistence: second boot"
+	"$here/run-vm.sh" "${vm_args[@]}" --outdir "$outdir/reboot-2" -- tests/reboot/phase2.sh \
+		2>&1 | tee "$outdir/reboot-2.log" | grep -E '^(not )?ok|^#' | sed 's/^/# /'
+	reboot_rc=${PIPESTATUS[0]}
+	if [ "$reboot_rc" = 0 ]; then
+		echo "ok - reboot persistence"
+	else
+		echo "not ok - reboot persistence (see $outdir/reboot-*.log)"
+	fi
+fi
+if [ "$reboot_rc" != skip ] &&
+   [[ $summary =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed(.*)$ ]]; then
+	if [ "$reboot_rc" = 0 ]; then
+		summary="$((BASH_REMATCH[1] + 1)) passed, ${BASH_REMATCH[2]} failed${BASH_REMATCH[3]}"
+	else
+		summary="${BASH_REMATCH[1]} passed, $((BASH_REMATCH[2] + 1)) failed${BASH_REMATCH[3]}"
+		rc=1
+	fi
+fi
 echo "# log: $log, dmesg: $outdir/dmesg.txt"
 if [ -z "$summary" ]; then
 	echo "# no summary from the guest (run-vm exit $rc): crash or timeout"
