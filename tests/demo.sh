@@ -75,23 +75,22 @@ calc() { awk "BEGIN { printf \"%.1f\", $1 }"; }
 secs() { calc "$1 / 1000000"; }
 
 # Read job "demo" out of `dmsetup status': sets st_state, st_done,
-# st_total, st_error.  The line is
-#   <start> <len> ptbackup <chunk_sectors> <nr_chunks> <nr_jobs>
-# then 8 words per job:
+# st_total, st_error.  After the device's own fields (see
+# Documentation/ptbackup.rst) the line has 8 words per job:
 #   <id> backup <sync> <state> <bytes_done> <bytes_total> <speed> <last_error>
 read_job() {
-	local w n j b
+	local w i
 
 	read -r -a w < <(dmsetup status "$name") || return 1
 	[ "${w[2]:-}" = ptbackup ] || return 1
-	n=${w[5]}
-	for ((j = 0; j < n; j++)); do
-		b=$((6 + 8 * j))
-		[ "${w[b]}" = demo ] || continue
-		st_state=${w[b + 3]}
-		st_done=${w[b + 4]}
-		st_total=${w[b + 5]}
-		st_error=${w[b + 7]}
+	for ((i = 3; i + 7 < ${#w[@]}; i++)); do
+		if [ "${w[i]}" != demo ] || [ "${w[i + 1]}" != backup ]; then
+			continue
+		fi
+		st_state=${w[i + 3]}
+		st_done=${w[i + 4]}
+		st_total=${w[i + 5]}
+		st_error=${w[i + 7]}
 		return 0
 	done
 	return 1
@@ -125,20 +124,26 @@ mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$dev" ||
 mount -o noatime "$dev" "$work/live" || fail "mount $dev"
 
 # --- fill it ----------------------------------------------------------------
+# Starting a process costs a lot under TCG, so each directory is filled by
+# one stream of random data split into files: directory d gets files of
+# (d + 1) * 2/11 of the average size, which averages out over the ten.
 avg=$((data_mb * 1048576 / nfiles))
+per_dir=$(((nfiles + 9) / 10))
 bytes=0
-t=$(now)
-for ((i = 0; i < nfiles; i++)); do
-	d=$work/live/dir$((i % 10))
-	[ -d "$d" ] || mkdir "$d"
-	# between a quarter and 1.75 times the average size
-	sz=$((avg / 4 + avg * 3 * RANDOM / 65536))
-	head -c "$sz" /dev/urandom > "$d/file$i" || fail "writing $d/file$i"
-	bytes=$((bytes + sz))
+made=0
+t=$(now_us)
+for ((d = 0; d < 10 && made < nfiles; d++)); do
+	n=$((nfiles - made < per_dir ? nfiles - made : per_dir))
+	sz=$((avg * (d + 1) * 2 / 11 / 4096 * 4096 + 1000))
+	mkdir "$work/live/dir$d" || fail "mkdir"
+	head -c $((n * sz)) /dev/urandom |
+		split -b "$sz" -a 3 -d - "$work/live/dir$d/file" || fail "writing dir$d"
+	bytes=$((bytes + n * sz))
+	made=$((made + n))
 done
 head -c $((fio_mb * 1048576)) /dev/urandom > "$work/live/fio.dat" || fail "writing fio.dat"
 sync
-say "filled:  $nfiles files, $(calc "$bytes / 1048576") MiB, plus a $fio_mb MiB file for fio ($(calc "$(now) - $t") s)"
+say "filled:  $nfiles files, $(calc "$bytes / 1048576") MiB, plus a $fio_mb MiB file for fio ($(secs $(($(now_us) - t))) s)"
 
 # --- the point in time -------------------------------------------------------
 # Freeze the filesystem so that it is consistent on disk, hash every file,
@@ -172,6 +177,7 @@ say "backup running; fio writes 4 KiB blocks at random into fio.dat, and every"
 say "second one file is overwritten and another deleted:"
 say "   time  state         done                 avg rate"
 next_us=$((start_us + 1000000))
+t_el='' t_pct='' t_done='' t_total='' t_rate=''
 while :; do
 	sleep 0.2
 	read_job || fail "job demo not found in: $(dmsetup status "$name")"
@@ -194,7 +200,7 @@ while :; do
 	tenths t_pct $((st_done * 1000 / st_total))
 	tenths t_done $((st_done * 10 / 1048576))
 	tenths t_total $((st_total * 10 / 1048576))
-	tenths t_rate $((st_done * 10 / 1048576 * 10 / (el > 0 ? el : 1)))
+	tenths t_rate $((st_done * 100 / (el > 0 ? el : 1) / 1048576))
 	printf '%6s s  %-9s %5s%%  %6s/%s MiB  %5s MiB/s\n' "$t_el" "$st_state" \
 		"$t_pct" "$t_done" "$t_total" "$t_rate"
 	if [ $((2 * deleted + 1)) -lt ${#files[@]} ]; then
