@@ -106,14 +106,22 @@ void ptb_defer_mark(struct ptb_device *pd, struct bio *bio)
 	queue_work(pd->mark_wq, &pd->marker);
 }
 
-/* Every persistent bitmap lost track of writes: say so, loudly, once. */
-static void ptb_bitmaps_lost(struct ptb_device *pd)
+/*
+ * The metadata failed: every persistent bitmap may now miss writes.  Say
+ * so, loudly, once: flag the bitmaps (incremental backups from them are
+ * refused), log, and raise an event.
+ */
+void ptb_bitmaps_lost_tracking(struct ptb_device *pd)
 {
 	struct ptb_bitmap *b;
 
-	for_each_bitmap_in_marker(b, pd)
+	if (atomic_xchg(&pd->bitmaps_lost, 1))
+		return;
+	rcu_read_lock();
+	list_for_each_entry_rcu(b, &pd->bitmaps, node)
 		if (b->slot >= 0)
 			WRITE_ONCE(b->inconsistent, true);
+	rcu_read_unlock();
 	DMERR("%s: metadata failed: persistent bitmaps no longer track writes; take full backups",
 	      ptb_device_name(pd));
 	ptb_device_event(pd);
@@ -154,10 +162,8 @@ static void ptb_do_marker(struct work_struct *ws)
 	}
 	if (!failed && ptb_metadata_commit(pd->pmd))
 		failed = true;
-	if (failed && !pd->bitmaps_lost) {
-		pd->bitmaps_lost = true;
-		ptb_bitmaps_lost(pd);
-	}
+	if (failed)
+		ptb_bitmaps_lost_tracking(pd);
 
 	while ((bio = bio_list_pop(&bios))) {
 		for_each_bitmap_in_marker(b, pd) {
@@ -279,9 +285,11 @@ static int ptb_bitmap_commit(struct ptb_device *pd, const char *op,
 {
 	int r = ptb_metadata_commit(pd->pmd);
 
-	if (r)
+	if (r) {
 		DMERR("%s: bitmap %s %s: metadata commit failed (%d)",
 		      ptb_device_name(pd), op, b->name, r);
+		ptb_bitmaps_lost_tracking(pd);
+	}
 	return r;
 }
 
@@ -394,8 +402,9 @@ int ptb_bitmap_clear(struct ptb_device *pd, struct ptb_bitmap *b)
 	bitmap_zero(b->bits, b->nr_bits);
 	if (b->slot >= 0 && !ptb_metadata_failed(pd->pmd)) {
 		r = ptb_metadata_store_bits(pd->pmd, b->slot, b->bits);
-		if (!r)
-			r = ptb_bitmap_commit(pd, "clear", b);
+		r = r ? r : ptb_bitmap_commit(pd, "clear", b);
+		if (r)
+			ptb_bitmaps_lost_tracking(pd);
 	}
 	WRITE_ONCE(b->inconsistent, b->slot >= 0 && ptb_metadata_failed(pd->pmd));
 	ptb_release_writes(pd);
@@ -460,8 +469,9 @@ int ptb_bitmap_merge(struct ptb_device *pd, struct ptb_bitmap *src,
 	ptb_bits_merge(src, dst, merged);
 	if (dst->slot >= 0 && !ptb_metadata_failed(pd->pmd)) {
 		r = ptb_metadata_store_bits(pd->pmd, dst->slot, merged);
-		if (!r)
-			r = ptb_bitmap_commit(pd, "merge", dst);
+		r = r ? r : ptb_bitmap_commit(pd, "merge", dst);
+		if (r)
+			ptb_bitmaps_lost_tracking(pd);
 	}
 	if (!r) {
 		/* Only sets bits: concurrent marking stays correct. */
@@ -629,9 +639,11 @@ void ptb_bitmap_thaw(struct ptb_device *pd, struct ptb_bitmap *b,
 			r = ptb_metadata_store_bits(pd->pmd, b->slot, b->bits);
 			if (!r)
 				r = ptb_metadata_commit(pd->pmd);
-			if (r)
+			if (r) {
 				DMERR("%s: bitmap %s: cannot store it after job %s (%d)",
 				      ptb_device_name(pd), b->name, job->id, r);
+				ptb_bitmaps_lost_tracking(pd);
+			}
 		}
 	}
 	rcu_assign_pointer(b->succ, NULL);

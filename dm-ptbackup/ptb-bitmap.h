@@ -49,6 +49,7 @@ int ptb_bitmaps_load(struct ptb_device *pd, char **error);
 /* Map path: record a write; true if it must wait for a metadata commit. */
 bool ptb_bitmaps_mark(struct ptb_device *pd, struct bio *bio);
 void ptb_defer_mark(struct ptb_device *pd, struct bio *bio);
+void ptb_bitmaps_lost_tracking(struct ptb_device *pd);
 
 struct ptb_bitmap *ptb_bitmap_find(struct ptb_device *pd, const char *name);
 

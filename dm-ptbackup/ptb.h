@@ -173,7 +173,7 @@ struct ptb_device {
 	struct bio_list mark_bios;	/* bio_lock */
 	struct workqueue_struct *mark_wq;
 	struct work_struct marker;
-	bool bitmaps_lost;		/* marker only */
+	atomic_t bitmaps_lost;		/* reported once */
 
 	/* Write accounting: the point in time of a new job. */
 	struct mutex hold_lock;		/* one hold at a time */
