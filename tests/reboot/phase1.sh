@@ -6,6 +6,7 @@
 set -u
 export DM_DISABLE_UDEV=1
 d=/out/reboot
+modprobe loop
 rm -rf $d && mkdir -p $d || exit 1
 truncate -s 16M $d/origin.img && truncate -s 1M $d/meta.img || exit 1
 o=$(losetup -f --show $d/origin.img) && m=$(losetup -f --show $d/meta.img) || exit 1

@@ -4,6 +4,7 @@
 . "$(dirname "$0")/../lib/tap.sh"
 need_root
 d=/out/reboot
+modprobe loop
 tap_plan 3
 [ -f $d/dump.expected ] || { not_ok "phase 1 left its images"; tap_done; }
 ok "phase 1 left its images"

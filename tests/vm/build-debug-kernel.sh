@@ -132,11 +132,12 @@ if [ -n "$force" ] || [ "$(cat "$cache/linux.srcid" 2>/dev/null)" != "$srcid" ] 
 	[ ! -f "$tree/Makefile" ]; then
 	say "extracting $tarball into $tree"
 	rm -rf "$tree" "$cache/linux.srcid" "$cache/extract.tmp"
-	mkdir -p "$cache/extract.tmp" &&
+	mkdir -p "$cache/extract.tmp" || die "cannot create $cache/extract.tmp"
 	tar -xJf "$tarball" -C "$cache/extract.tmp" || die "cannot extract $tarball"
 	top=$(find "$cache/extract.tmp" -mindepth 1 -maxdepth 1 -type d)
-	[ -n "$top" ] && [ -f "$top/Makefile" ] || die "unexpected tarball layout"
-	mv "$top" "$tree" && rmdir "$cache/extract.tmp" || die "cannot move the tree"
+	[ -f "$top/Makefile" ] || die "unexpected tarball layout"
+	mv "$top" "$tree" || die "cannot move the tree"
+	rmdir "$cache/extract.tmp"
 	echo "$srcid" > "$cache/linux.srcid"
 fi
 
@@ -154,7 +155,7 @@ while IFS= read -r line; do
 	CONFIG_*=*)
 		grep -qxF -- "$line" "$tree/.config" && continue
 		sym=${line%%=*}
-		got=$(grep -E "^(# )?$sym[= ]" "$tree/.config")
+		got=$(grep -E "^(# )?${sym}[= ]" "$tree/.config")
 		say "fragment wants '$line', .config has '${got:-nothing}'"
 		bad=1 ;;
 	"# CONFIG_"*" is not set")
@@ -167,8 +168,8 @@ done < "$fragment"
 [ "$bad" = 0 ] || die "the configuration does not match $fragment (unmet dependencies?)"
 
 # --- build ---------------------------------------------------------------
-kver=$(make -s -C "$tree" kernelrelease 2>>"$log") && [ -n "$kver" ] ||
-	die "cannot get the kernel release"
+kver=$(make -s -C "$tree" kernelrelease 2>>"$log") || die "cannot get the kernel release"
+[ -n "$kver" ] || die "empty kernel release"
 say "building $kver with -j$jobs (log $log)"
 if ! (cd "$tree" && make -j"$jobs" bzImage modules) >> "$log" 2>&1; then
 	grep -E 'error|Error' "$log" | tail -n 20 >&2
