@@ -22,26 +22,23 @@ dm_msg $dev backup start j "$target" speed=2M
 ev1=$(events)
 tap_eq "an event when the job starts" 1 $((ev1 > ev0))
 
-# The rate over 4 seconds, from the status counters.
-sleep 1
-t0=$(now) b0=$(done_bytes)
-sleep 4
-t1=$(now) b1=$(done_bytes)
-rate=$(echo "($b1 - $b0) / ($t1 - $t0)" | bc)
-tap_diag "measured $rate bytes/s at speed=2M"
-tap_eq "speed=2M limits the rate to within 25%" 1 \
-	"$(echo "r = $rate; r >= 2097152 * 0.75 && r <= 2097152 * 1.25" | bc)"
+# check_rate DESC LIMIT SECS: the rate from the status counters over SECS
+# (after a second to settle) is within 25% of LIMIT bytes/s.
+check_rate() {
+	local t0 t1 b0 b1 rate
+	sleep 1
+	t0=$(now) b0=$(done_bytes)
+	sleep "$3"
+	t1=$(now) b1=$(done_bytes)
+	rate=$(echo "($b1 - $b0) / ($t1 - $t0)" | bc)
+	tap_diag "measured $rate bytes/s, limit $2"
+	tap_eq "$1" 1 "$(echo "r = $rate; r >= $2 * 0.75 && r <= $2 * 1.25" | bc)"
+}
 
+check_rate "speed=2M limits the rate to within 25%" 2097152 4
 tap_check "set_speed 4M" dm_msg $dev job set_speed j 4M
 tap_eq "status shows the new speed" 4194304 "$(ptb_job_field $dev j speed)"
-sleep 1
-t0=$(now) b0=$(done_bytes)
-sleep 3
-t1=$(now) b1=$(done_bytes)
-rate=$(echo "($b1 - $b0) / ($t1 - $t0)" | bc)
-tap_diag "measured $rate bytes/s at speed=4M"
-tap_eq "set_speed 4M limits the rate to within 25%" 1 \
-	"$(echo "r = $rate; r >= 4194304 * 0.75 && r <= 4194304 * 1.25" | bc)"
+check_rate "set_speed 4M limits the rate to within 25%" 4194304 3
 
 ev0=$(events)
 tap_check "pause" dm_msg $dev job pause j
