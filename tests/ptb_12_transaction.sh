@@ -17,7 +17,7 @@ state() { dm_msg $dev bitmap list; dm_msg $dev job list | cut -d" " -f1,4; }
 
 tap_check "a transaction of three elements" dm_msg $dev transaction \
 	bitmap add a \; bitmap add b granularity=256K \; \
-	backup start j "$t1" sync=full bitmap=a speed=1M
+	backup start j "$t1" sync=full bitmap=a speed=64K
 tap_eq "both bitmaps exist" "a b" "$(dm_msg $dev bitmap list | cut -d' ' -f1 | tr '\n' ' ' | sed 's/ $//')"
 tap_eq "the job runs on bitmap a" "running busy" \
 	"$(ptb_job_field $dev j state) $(dm_msg $dev bitmap list | awk '$1 == "a" { print $5 }')"
