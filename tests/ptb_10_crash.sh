@@ -31,7 +31,12 @@ for r in $(seq 1 $ROUNDS); do
 		--time_based --runtime=60 --write_lat_log=/tmp/crash --log_offset=1 \
 		--log_unix_epoch=1 &
 	fio_pid=$!
-	sleep "$((1 + RANDOM % 3)).$((RANDOM % 10))"
+	# Let fio get going (slow on a debug kernel), then cut at a random moment.
+	for ((i = 0; i < 600; i++)); do
+		[ "$(dm_msg ptb_crash bitmap list | awk '{ print $6 }')" != 0 ] && break
+		sleep 0.1
+	done
+	sleep "$((RANDOM % 3)).$((RANDOM % 10))"
 	cut=$(date +%s%3N)
 	meta_swap "0 $msz flakey $mdisk 0 0 1000 1 drop_writes"
 	sleep 1
