@@ -19,7 +19,7 @@ KVER ?= $(shell ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | \
 KDIR ?= /usr/src/linux-headers-$(KVER)
 MODDIR ?= /lib/modules/$(KVER)/updates/dm-ptbackup
 
-.PHONY: all module tools install-module deps check check-vm check-debug check-debug-selftest demo demo-vm lint clean
+.PHONY: all module tools install-module deps check check-vm check-debug check-debug-selftest bench bench-vm demo demo-vm lint clean
 
 all: module tools
 
