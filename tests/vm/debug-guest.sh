@@ -40,6 +40,58 @@ result() {	# result ok|fail NAME
 	fi
 }
 
+# kmemleak prints its backtraces when it is read, after the suite has
+# unloaded the module: its frames are then bare addresses. While the suite
+# runs, keep a copy of the module's symbols from each load to name them.
+# It also puts the console log level back every second: a lockdep report
+# raises it for good, and the tests' expected errors would then flood the
+# TAP stream (every report is printed again at the end, from dmesg).
+syms=/tmp/ptb-kallsyms.txt
+conlevel=$(sed -n 's/.*ptb\.conlevel=\([1-8]\).*/\1/p' /proc/cmdline)
+watch_module() {
+	local last='' text
+	while :; do
+		dmesg -n "${conlevel:-1}" 2>/dev/null
+		if text=$(cat /sys/module/dm_ptbackup/sections/.text 2>/dev/null) &&
+			[ "$text" != "$last" ] &&
+			grep -E ' [tT] .*\[dm_ptbackup\]$' /proc/kallsyms >> "$syms"; then
+			last=$text
+		fi
+		sleep 1
+	done
+}
+
+# symbolize: annotates bare 0xffffffff........ frames from the saved symbols.
+symbolize() {
+	awk -v symfile="$syms" '
+		function hexval(h,   i, v) {
+			v = 0; h = tolower(h)
+			for (i = 1; i <= length(h); i++)
+				v = v * 16 + index("0123456789abcdef", substr(h, i, 1)) - 1
+			return v
+		}
+		BEGIN {
+			while ((getline line < symfile) > 0) {
+				split(line, f, " ")
+				if (length(f[1]) != 16) continue
+				n++; hi[n] = substr(f[1], 1, 8); lo[n] = hexval(substr(f[1], 9)); name[n] = f[3]
+			}
+		}
+		match($0, /0xffffffff[0-9a-f]+$/) && n {
+			a = substr($0, RSTART + 2); ahi = substr(a, 1, 8); alo = hexval(substr(a, 9))
+			best = 0
+			for (i = 1; i <= n; i++)
+				if (hi[i] == ahi && lo[i] <= alo && (!best || lo[i] > lo[best]))
+					best = i
+			if (best && alo - lo[best] < 65536) {
+				printf "%s (%s+0x%x [dm_ptbackup])\n", $0, name[best], alo - lo[best]
+				next
+			}
+		}
+		{ print }
+	'
+}
+
 # print_reports FILE: each report in FILE with up to 80 lines of context.
 print_reports() {
 	awk -v re="$start_re" -v all="$report_re" '
@@ -78,6 +130,9 @@ if [ "$armed" = 1 ]; then result ok "detectors armed"; else result fail "detecto
 
 marker="ptbackup-debug-start-$$-$(date +%s)"
 echo "$marker" > /dev/kmsg
+: > "$syms"
+watch_module &
+watcher=$!
 
 # --- the suite -----------------------------------------------------------
 start=$(date +%s)
@@ -85,6 +140,8 @@ bash tests/run-suite.sh 2>&1 | tee /tmp/suite.out |
 	sed -u -E 's/^([0-9]+ passed, [0-9]+ failed(, [0-9]+ skipped)?)$/# suite: \1/'
 suite_rc=${PIPESTATUS[0]}
 suite_s=$(($(date +%s) - start))
+kill "$watcher" 2>/dev/null
+wait "$watcher" 2>/dev/null
 summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed(, [0-9]+ skipped)?$' /tmp/suite.out | tail -n1)
 if [[ $summary =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed(,\ ([0-9]+)\ skipped)?$ ]]; then
 	pass=$((pass + BASH_REMATCH[1]))
@@ -102,7 +159,7 @@ leaks=
 if [ -w "$kml" ] && echo scan > "$kml" 2>/dev/null; then
 	sleep "$wait_s"
 	if echo scan > "$kml" 2>/dev/null; then
-		leaks=$(cat "$kml" 2>&1)
+		leaks=$(symbolize < "$kml" 2>&1)
 		if [ -n "$leaks" ]; then
 			echo "# debug: kmemleak report:"
 			printf '%s\n' "$leaks" | head -n 1500 | sed 's/^/#   /'
