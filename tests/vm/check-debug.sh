@@ -14,7 +14,7 @@
 #                 backup is started, whose message takes the two locks in
 #                 the other order); passes only if the leak is reported by
 #                 kmemleak and the lock inversion by lockdep
-#   --timeout     whole VM run (default $VM_TIMEOUT or 7200)
+#   --timeout     whole VM run (default $VM_TIMEOUT or 4800)
 #   --mem         guest memory in MiB (default 4096: KASAN needs room)
 #   env: TESTS, TEST_TIMEOUT (per test, default 1800 here), VM_TIMEOUT,
 #        CHECK_OUTDIR, PTB_DEBUG_CACHE (kernel cache, see build-debug-kernel.sh)
@@ -29,7 +29,7 @@ cache=${PTB_DEBUG_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/ptbackup-debug
 outdir=${CHECK_OUTDIR:-}
 fault=
 selftest=
-vm_timeout=${VM_TIMEOUT:-7200}
+vm_timeout=${VM_TIMEOUT:-4800}
 test_timeout=${TEST_TIMEOUT:-1800}
 mem=4096
 
