@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * dm-ptbackup dirty bitmaps: marking, the marker work that makes bits
- * durable before the writes they record, the bitmap messages, and the
- * hand-over between a bitmap and the job that uses it.
+ * dm-ptbackup dirty bitmaps: marking, the write-intent log and the marker
+ * work that keeps it, periodic commits of the bitmaps, the bitmap
+ * messages, and the hand-over between a bitmap and the job that uses it.
  */
 
 #include <linux/slab.h>
@@ -11,19 +11,14 @@
 
 #define DM_MSG_PREFIX "ptbackup"
 
-/* Bitmaps are freed only after the marker is flushed: see ptb_bitmap_free(). */
+/* Bitmaps are freed only after the marker is flushed: see ptb_bitmap_remove(). */
 static inline bool __maybe_unused ptb_in_marker(struct ptb_device *pd)
 {
-	return current_work() == &pd->marker;
+	return current_work() == &pd->marker.work;
 }
 
 #define for_each_bitmap_in_marker(b, pd) \
 	list_for_each_entry_rcu(b, &(pd)->bitmaps, node, ptb_in_marker(pd))
-
-static bool ptb_bitmap_persistent(struct ptb_device *pd, struct ptb_bitmap *b)
-{
-	return b->slot >= 0 && !ptb_metadata_failed(pd->pmd);
-}
 
 /* The granules [*first, *last] a bio touches; false if none. */
 static bool ptb_bitmap_range(const struct ptb_bitmap *b, sector_t sector,
@@ -64,10 +59,45 @@ static unsigned long *ptb_bits_alloc(unsigned long nr_bits, gfp_t gfp)
 
 /*----------------------------------------------------------------*/
 
+/* The intent regions [*first, *last] a bio touches. */
+static void ptb_intent_range(struct ptb_device *pd, sector_t sector,
+			     unsigned int sectors, unsigned long *first,
+			     unsigned long *last)
+{
+	*first = min_t(unsigned long, sector >> pd->region_shift, pd->nr_regions - 1);
+	*last = min_t(unsigned long, (sector + sectors - 1) >> pd->region_shift,
+		      pd->nr_regions - 1);
+}
+
 /*
- * Map path.  Sets what can be set without a commit (transient bitmaps,
- * successors); returns true if a persistent bit is clear, in which case
- * the bio goes to the marker and waits for the commit.
+ * Is the intent of every region the bio touches durable?  Called after the
+ * bio's bits are set in core.  If a commit clears a region's intent at the
+ * same time, either it sees those bits (and commits them before the intent
+ * is cleared on disk) or this sees the intent clear and the bio waits for
+ * the marker to log it again.
+ */
+static bool ptb_intent_held(struct ptb_device *pd, sector_t sector,
+			    unsigned int sectors)
+{
+	unsigned long first, last, r;
+
+	ptb_intent_range(pd, sector, sectors, &first, &last);
+	/* Bits set before intent read: pairs with smp_mb() in ptb_bitmaps_sync(). */
+	smp_mb();
+	for (r = first; r <= last; r++)
+		if (!test_bit(r, pd->intent))
+			return false;
+	for (r = first; r <= last; r++)
+		if (!test_bit(r, pd->touched))
+			set_bit(r, pd->touched);
+	return true;
+}
+
+/*
+ * Map path.  Sets the bits of every enabled bitmap the write touches (and
+ * of its successor) in core; for a persistent bitmap also notes the
+ * metadata block as dirty.  Returns true if the write must first wait for
+ * the marker to log its intent region.
  */
 bool ptb_bitmaps_mark(struct ptb_device *pd, struct bio *bio)
 {
@@ -75,7 +105,7 @@ bool ptb_bitmaps_mark(struct ptb_device *pd, struct bio *bio)
 	unsigned int sectors = bio_sectors(bio);
 	unsigned long first, last, *succ;
 	struct ptb_bitmap *b;
-	bool commit = false;
+	bool persistent = false;
 
 	rcu_read_lock();
 	list_for_each_entry_rcu(b, &pd->bitmaps, node) {
@@ -85,15 +115,23 @@ bool ptb_bitmaps_mark(struct ptb_device *pd, struct bio *bio)
 		succ = rcu_dereference(b->succ);
 		if (succ)
 			ptb_bits_set(succ, first, last);
+		if (b->slot < 0) {
+			ptb_bits_set(b->bits, first, last);
+			continue;
+		}
+		persistent = true;
 		if (ptb_bits_all_set(b->bits, first, last))
 			continue;
-		if (ptb_bitmap_persistent(pd, b))
-			commit = true;
-		else
-			ptb_bits_set(b->bits, first, last);
+		ptb_bits_set(b->bits, first, last);
+		/* Bits before block: pairs with ptb_bitmaps_sync(). */
+		smp_mb__before_atomic();
+		for (first /= PTB_MD_BITS_PER_BLOCK; first <= last / PTB_MD_BITS_PER_BLOCK;
+		     first++)
+			set_bit(first, b->dirty_blocks);
 	}
 	rcu_read_unlock();
-	return commit;
+	return persistent && !ptb_metadata_failed(pd->pmd) &&
+		!ptb_intent_held(pd, sector, sectors);
 }
 
 void ptb_defer_mark(struct ptb_device *pd, struct bio *bio)
@@ -103,7 +141,7 @@ void ptb_defer_mark(struct ptb_device *pd, struct bio *bio)
 	spin_lock_irqsave(&pd->bio_lock, flags);
 	bio_list_add(&pd->mark_bios, bio);
 	spin_unlock_irqrestore(&pd->bio_lock, flags);
-	queue_work(pd->mark_wq, &pd->marker);
+	mod_delayed_work(pd->mark_wq, &pd->marker, 0);
 }
 
 /*
@@ -128,55 +166,173 @@ void ptb_bitmaps_lost_tracking(struct ptb_device *pd)
 }
 
 /*
- * The marker: set the bits of the waiting writes on disk, commit once for
- * all of them, then set the in-core bits and let the writes go on to the
- * copy-before-write check.
+ * Log the intent regions of the waiting writes, with one write of the log
+ * for all of them; from then on writes to those regions go straight on.
+ */
+static void ptb_intent_log(struct ptb_device *pd, struct bio_list *bios)
+{
+	unsigned long first, last, r;
+	bool changed = false;
+	struct bio *bio;
+
+	if (ptb_metadata_failed(pd->pmd))
+		return;
+	bio_list_for_each(bio, bios) {
+		ptb_intent_range(pd, bio->bi_iter.bi_sector, bio_sectors(bio),
+				 &first, &last);
+		for (r = first; r <= last; r++)
+			changed |= !__test_and_set_bit(r, pd->intent_disk);
+	}
+	if (changed && ptb_metadata_write_intent(pd->pmd, pd->intent_disk)) {
+		ptb_bitmaps_lost_tracking(pd);
+		return;
+	}
+	if (bitmap_empty(pd->intent, pd->nr_regions))
+		pd->next_commit = jiffies + PTB_COMMIT_PERIOD;
+	bio_list_for_each(bio, bios) {
+		ptb_intent_range(pd, bio->bi_iter.bi_sector, bio_sectors(bio),
+				 &first, &last);
+		for (r = first; r <= last; r++) {
+			set_bit(r, pd->touched);
+			set_bit(r, pd->intent);
+		}
+	}
+}
+
+/*
+ * Commit the bitmaps: take the intent of every region not written since
+ * the last commit off (all of them for a clean shutdown), write the dirty
+ * bitmap blocks and flush, and only then write the smaller intent log.
+ */
+static void ptb_bitmaps_sync(struct ptb_device *pd)
+{
+	bool clean = READ_ONCE(pd->clean_request);
+	unsigned long n = pd->nr_regions, r, blk;
+	struct ptb_bitmap *b;
+	int err = 0;
+
+	bitmap_zero(pd->intent_clearing, n);
+	for_each_set_bit(r, pd->intent, n) {
+		if (test_and_clear_bit(r, pd->touched) && !clean)
+			continue;
+		clear_bit(r, pd->intent);
+		__set_bit(r, pd->intent_clearing);
+	}
+	/* Intent cleared before the bits are read: pairs with ptb_intent_held(). */
+	smp_mb();
+	if (ptb_metadata_failed(pd->pmd))
+		goto out;
+
+	for_each_bitmap_in_marker(b, pd) {
+		if (!b->dirty_blocks)
+			continue;
+		for_each_set_bit(blk, b->dirty_blocks, b->nr_blocks)
+			if (test_and_clear_bit(blk, b->dirty_blocks) && !err)
+				err = ptb_metadata_copy_block(pd->pmd, b->slot, blk,
+							      b->bits);
+	}
+	if (!err)
+		err = ptb_metadata_commit(pd->pmd);
+	if (!err && !bitmap_empty(pd->intent_clearing, n)) {
+		bitmap_andnot(pd->intent_disk, pd->intent_disk,
+			      pd->intent_clearing, n);
+		err = ptb_metadata_write_intent(pd->pmd, pd->intent_disk);
+	}
+	if (err)
+		ptb_bitmaps_lost_tracking(pd);
+out:
+	pd->next_commit = jiffies + PTB_COMMIT_PERIOD;
+	if (clean)
+		WRITE_ONCE(pd->clean_request, false);
+}
+
+/*
+ * The marker: logs the intent of waiting writes and lets them go on to the
+ * copy-before-write check; commits the bitmaps every PTB_COMMIT_PERIOD
+ * while any intent is logged, and on request (clean shutdown).
  */
 static void ptb_do_marker(struct work_struct *ws)
 {
-	struct ptb_device *pd = container_of(ws, struct ptb_device, marker);
-	unsigned long first, last;
+	struct ptb_device *pd = container_of(to_delayed_work(ws),
+					     struct ptb_device, marker);
 	struct bio_list bios;
-	struct ptb_bitmap *b;
 	struct bio *bio;
-	bool failed;
 
 	spin_lock_irq(&pd->bio_lock);
 	bios = pd->mark_bios;
 	bio_list_init(&pd->mark_bios);
 	spin_unlock_irq(&pd->bio_lock);
-	if (bio_list_empty(&bios))
-		return;
 
-	failed = ptb_metadata_failed(pd->pmd);
-	bio_list_for_each(bio, &bios) {
-		for_each_bitmap_in_marker(b, pd) {
-			if (failed || !READ_ONCE(b->enabled) || b->slot < 0 ||
-			    !ptb_bitmap_range(b, bio->bi_iter.bi_sector,
-					      bio_sectors(bio), &first, &last) ||
-			    ptb_bits_all_set(b->bits, first, last))
-				continue;
-			if (ptb_metadata_set_bits(pd->pmd, b->slot, first, last))
-				failed = true;
-		}
-	}
-	if (!failed && ptb_metadata_commit(pd->pmd))
-		failed = true;
-	if (failed)
-		ptb_bitmaps_lost_tracking(pd);
-
+	if (!bio_list_empty(&bios))
+		ptb_intent_log(pd, &bios);
 	while ((bio = bio_list_pop(&bios))) {
-		for_each_bitmap_in_marker(b, pd) {
-			if (READ_ONCE(b->enabled) &&
-			    ptb_bitmap_range(b, bio->bi_iter.bi_sector,
-					     bio_sectors(bio), &first, &last))
-				ptb_bits_set(b->bits, first, last);
-		}
 		if (ptb_write_needs_cow(pd, bio))
 			ptb_defer_bio(pd, bio);
 		else
 			dm_submit_bio_remap(bio, NULL);
 	}
+
+	if (!pd->intent)
+		return;
+	if (READ_ONCE(pd->clean_request) || time_after_eq(jiffies, pd->next_commit))
+		ptb_bitmaps_sync(pd);
+	if (!bitmap_empty(pd->intent, pd->nr_regions) &&
+	    !ptb_metadata_failed(pd->pmd))
+		queue_delayed_work(pd->mark_wq, &pd->marker,
+				   max_t(long, 1, (long)(pd->next_commit - jiffies)));
+}
+
+/* Commit everything and empty the intent log: no write is in flight. */
+void ptb_bitmaps_quiesce(struct ptb_device *pd)
+{
+	if (!pd->intent)
+		return;
+	WRITE_ONCE(pd->clean_request, true);
+	mod_delayed_work(pd->mark_wq, &pd->marker, 0);
+	flush_delayed_work(&pd->marker);
+}
+
+/*
+ * After an unclean shutdown the intent log names the regions that may hold
+ * writes the bitmaps do not: mark them dirty in every persistent bitmap.
+ */
+static void ptb_bitmap_mark_region(struct ptb_device *pd, struct ptb_bitmap *b,
+				   unsigned long r)
+{
+	sector_t dev = ptb_metadata_dev_sectors(pd->pmd);
+	sector_t start = (sector_t)r << pd->region_shift;
+	sector_t end = r == pd->nr_regions - 1 ? dev :
+		min_t(sector_t, dev, (sector_t)(r + 1) << pd->region_shift);
+	unsigned long first, last;
+
+	if (start < end && ptb_bitmap_range(b, start, end - start, &first, &last))
+		bitmap_set(b->bits, first, last - first + 1);
+}
+
+static int ptb_intent_recover(struct ptb_device *pd)
+{
+	unsigned long n = pd->nr_regions, r;
+	struct ptb_bitmap *b;
+	int err;
+
+	err = ptb_metadata_load_intent(pd->pmd, pd->intent_disk);
+	if (err || bitmap_empty(pd->intent_disk, n))
+		return err;
+	list_for_each_entry(b, &pd->bitmaps, node) {
+		for_each_set_bit(r, pd->intent_disk, n)
+			ptb_bitmap_mark_region(pd, b, r);
+		err = ptb_metadata_store_bits(pd->pmd, b->slot, b->bits);
+		if (err)
+			return err;
+	}
+	err = ptb_metadata_commit(pd->pmd);
+	if (err)
+		return err;
+	DMWARN("%s: unclean shutdown: %u of %lu intent regions (%llu KiB each) marked dirty in every persistent bitmap",
+	       ptb_device_name(pd), bitmap_weight(pd->intent_disk, n), n,
+	       (1ULL << pd->region_shift) >> 1);
+	bitmap_zero(pd->intent_disk, n);
+	return ptb_metadata_write_intent(pd->pmd, pd->intent_disk);
 }
 
 /*----------------------------------------------------------------*/
@@ -185,7 +341,7 @@ int ptb_bitmaps_init(struct ptb_device *pd)
 {
 	INIT_LIST_HEAD(&pd->bitmaps);
 	bio_list_init(&pd->mark_bios);
-	INIT_WORK(&pd->marker, ptb_do_marker);
+	INIT_DELAYED_WORK(&pd->marker, ptb_do_marker);
 	pd->mark_wq = alloc_ordered_workqueue("dm-ptbackup-mark", WQ_MEM_RECLAIM);
 	return pd->mark_wq ? 0 : -ENOMEM;
 }
@@ -193,25 +349,39 @@ int ptb_bitmaps_init(struct ptb_device *pd)
 static void ptb_bitmap_free(struct ptb_bitmap *b)
 {
 	kvfree(rcu_dereference_protected(b->succ, true));
+	kvfree(b->dirty_blocks);
 	kvfree(b->bits);
 	kfree(b);
+}
+
+static void ptb_intent_free(struct ptb_device *pd)
+{
+	kvfree(pd->intent);
+	kvfree(pd->touched);
+	kvfree(pd->intent_disk);
+	kvfree(pd->intent_clearing);
+	pd->intent = pd->touched = pd->intent_disk = pd->intent_clearing = NULL;
 }
 
 void ptb_bitmaps_exit(struct ptb_device *pd)
 {
 	struct ptb_bitmap *b, *tmp;
 
-	if (pd->mark_wq)
+	if (pd->mark_wq) {
+		cancel_delayed_work_sync(&pd->marker);
 		destroy_workqueue(pd->mark_wq);
+		pd->mark_wq = NULL;
+	}
 	list_for_each_entry_safe(b, tmp, &pd->bitmaps, node) {
 		list_del(&b->node);
 		ptb_bitmap_free(b);
 	}
 	pd->nr_bitmaps = 0;
+	ptb_intent_free(pd);
 }
 
 static struct ptb_bitmap *ptb_bitmap_new(const char *name, unsigned int gran_shift,
-					 sector_t dev_sectors)
+					 sector_t dev_sectors, bool persistent)
 {
 	struct ptb_bitmap *b = kzalloc(sizeof(*b), GFP_KERNEL);
 
@@ -223,8 +393,11 @@ static struct ptb_bitmap *ptb_bitmap_new(const char *name, unsigned int gran_shi
 				      1ULL << gran_shift);
 	b->slot = -1;
 	b->bits = ptb_bits_alloc(b->nr_bits, GFP_KERNEL);
-	if (!b->bits) {
-		kfree(b);
+	b->nr_blocks = DIV_ROUND_UP(b->nr_bits, PTB_MD_BITS_PER_BLOCK);
+	if (persistent)
+		b->dirty_blocks = ptb_bits_alloc(b->nr_blocks, GFP_KERNEL);
+	if (!b->bits || (persistent && !b->dirty_blocks)) {
+		ptb_bitmap_free(b);
 		return NULL;
 	}
 	return b;
@@ -242,13 +415,25 @@ int ptb_bitmaps_load(struct ptb_device *pd, char **error)
 	struct ptb_md_bitmap md;
 	struct ptb_bitmap *b;
 	unsigned int slot;
+	unsigned long n;
 	int r;
+
+	pd->region_shift = ptb_metadata_region_shift(pd->pmd);
+	pd->nr_regions = n = ptb_metadata_nr_regions(pd->pmd);
+	pd->intent = ptb_bits_alloc(n, GFP_KERNEL);
+	pd->touched = ptb_bits_alloc(n, GFP_KERNEL);
+	pd->intent_disk = ptb_bits_alloc(n, GFP_KERNEL);
+	pd->intent_clearing = ptb_bits_alloc(n, GFP_KERNEL);
+	if (!pd->intent || !pd->touched || !pd->intent_disk || !pd->intent_clearing) {
+		*error = "Cannot allocate the intent log";
+		return -ENOMEM;
+	}
 
 	for (slot = 0; slot < PTB_MAX_PERSISTENT_BITMAPS; slot++) {
 		if (!ptb_metadata_get_bitmap(pd->pmd, slot, &md))
 			continue;
 		b = ptb_bitmap_new(md.name, md.granularity_shift,
-				   ptb_metadata_dev_sectors(pd->pmd));
+				   ptb_metadata_dev_sectors(pd->pmd), true);
 		if (!b) {
 			*error = "Cannot allocate a bitmap";
 			return -ENOMEM;
@@ -263,7 +448,10 @@ int ptb_bitmaps_load(struct ptb_device *pd, char **error)
 		}
 		ptb_bitmap_publish(pd, b);
 	}
-	return 0;
+	r = ptb_intent_recover(pd);
+	if (r)
+		*error = "Cannot replay the metadata's intent log";
+	return r;
 }
 
 struct ptb_bitmap *ptb_bitmap_find(struct ptb_device *pd, const char *name)
@@ -329,7 +517,8 @@ int ptb_bitmap_add(struct ptb_target *pt, const char *name, u64 granularity,
 	}
 
 	b = ptb_bitmap_new(name, ilog2(granularity),
-			   persistent ? ptb_metadata_dev_sectors(pd->pmd) : pt->ti->len);
+			   persistent ? ptb_metadata_dev_sectors(pd->pmd) : pt->ti->len,
+			   persistent);
 	if (!b)
 		return -ENOMEM;
 	b->enabled = !disabled;
@@ -385,7 +574,7 @@ int ptb_bitmap_remove(struct ptb_device *pd, struct ptb_bitmap *b)
 	list_del_rcu(&b->node);
 	pd->nr_bitmaps--;
 	synchronize_rcu();
-	flush_work(&pd->marker);
+	flush_delayed_work(&pd->marker);
 	ptb_bitmap_free(b);
 	return 0;
 }
@@ -398,7 +587,7 @@ int ptb_bitmap_clear(struct ptb_device *pd, struct ptb_bitmap *b)
 		return r;
 	/* Writes in flight would be lost from the bitmap: hold them. */
 	ptb_hold_writes(pd);
-	flush_work(&pd->marker);
+	flush_delayed_work(&pd->marker);
 	bitmap_zero(b->bits, b->nr_bits);
 	if (b->slot >= 0 && !ptb_metadata_failed(pd->pmd)) {
 		r = ptb_metadata_store_bits(pd->pmd, b->slot, b->bits);

@@ -3,11 +3,15 @@
  * dm-ptbackup dirty bitmaps: named, in-core, optionally persistent records
  * of which granules of the device were written.
  *
- * The in-core bits are what the map path reads.  For a persistent bitmap
- * an in-core bit is set only after the same bit is durable on the metadata
- * device, and a write to a granule whose bit is clear waits for that (the
- * marker work batches these commits).  So after a crash a bitmap may
- * over-report but never under-report.
+ * The in-core bits are what the map path reads and sets.  Persistent
+ * bitmaps reach the metadata device through a write-intent log: before a
+ * write to an intent region (4 MiB or more) is issued, the region's bit is
+ * durable in the log; the bitmap bits themselves are committed every
+ * PTB_COMMIT_PERIOD, and a region leaves the log only after a commit
+ * following a whole period without writes to it.  After an unclean
+ * shutdown every logged region is marked dirty.  So a bitmap may
+ * over-report but never under-report, and a write waits for the metadata
+ * only when its region was idle.
  *
  * While a job uses a bitmap (incremental or full backup with bitmap=), the
  * bitmap is "busy": it keeps recording every write and a successor records
@@ -22,6 +26,7 @@
 #include "ptb-metadata.h"
 
 #define PTB_MAX_BITMAPS		32
+#define PTB_COMMIT_PERIOD	HZ
 
 struct ptb_bitmap {
 	struct list_head node;		/* pd->bitmaps, RCU */
@@ -29,6 +34,8 @@ struct ptb_bitmap {
 	unsigned int gran_shift;	/* granule size in bytes, log2 */
 	unsigned long nr_bits;
 	unsigned long *bits;
+	unsigned long nr_blocks;	/* metadata blocks of the bits */
+	unsigned long *dirty_blocks;	/* persistent: changed since commit */
 	unsigned long __rcu *succ;	/* successor while busy */
 	int slot;			/* metadata slot, -1 if transient */
 	bool enabled;			/* READ_ONCE */
@@ -50,6 +57,8 @@ int ptb_bitmaps_load(struct ptb_device *pd, char **error);
 bool ptb_bitmaps_mark(struct ptb_device *pd, struct bio *bio);
 void ptb_defer_mark(struct ptb_device *pd, struct bio *bio);
 void ptb_bitmaps_lost_tracking(struct ptb_device *pd);
+/* Suspend: commit, empty the intent log (a clean shutdown). */
+void ptb_bitmaps_quiesce(struct ptb_device *pd);
 
 struct ptb_bitmap *ptb_bitmap_find(struct ptb_device *pd, const char *name);
 

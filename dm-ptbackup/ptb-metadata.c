@@ -6,17 +6,22 @@
  *
  *   block 0, 1   two copies of the superblock; the valid one with the
  *                higher generation is current, a commit writes the other
- *   block 2...   bitmap regions, one contiguous run of blocks per bitmap;
+ *   block 2      the write-intent log: bit r set means the device may
+ *                have been written in intent region r since the bitmaps
+ *                were last committed (region r = sectors r << shift up to
+ *                (r + 1) << shift, the last region up to the device end)
+ *   block 3...   bitmap areas, one contiguous run of blocks per bitmap;
  *                bit i of a bitmap is bit (i % 32768) of block
  *                (first_block + i / 32768), little-endian bit order
  *
  * The superblock holds a checksum, magic, version, the device size the
- * bitmaps cover and the table of bitmaps (name, granularity, region,
- * flags).  Bitmap blocks are written in place: normal tracking only sets
- * bits, so a torn write can only leave a bit clear whose write was never
- * issued (the target sets a bit durably before the write it records).
- * A region freed by a remove is reused only after the superblock that
- * dropped it is on disk.
+ * bitmaps cover, the intent region size and the table of bitmaps (name,
+ * granularity, area, flags).  The intent log and bitmap blocks are
+ * written in place.  An intent bit is durable before any write to its
+ * region is issued, and is cleared only after the bitmap bits of every
+ * write to the region are durable; so the bitmaps plus the intent regions
+ * never miss a write, whatever the moment of a crash.  An area freed by a
+ * remove is reused only after the superblock that dropped it is on disk.
  */
 
 #include <linux/crc32c.h>
@@ -28,12 +33,13 @@
 
 #define DM_MSG_PREFIX "ptbackup"
 
-#define PTB_MD_BLOCK_SIZE	4096
-#define PTB_MD_BITS_PER_BLOCK	(PTB_MD_BLOCK_SIZE * 8)
 #define PTB_MD_SB_COPIES	2
-#define PTB_MD_FIRST_DATA_BLOCK	PTB_MD_SB_COPIES
+#define PTB_MD_INTENT_BLOCK	PTB_MD_SB_COPIES
+#define PTB_MD_FIRST_DATA_BLOCK	(PTB_MD_INTENT_BLOCK + 1)
 #define PTB_MD_MAGIC		0x4b425450	/* "PTBK" */
-#define PTB_MD_VERSION		1
+#define PTB_MD_VERSION		2
+/* Intent regions: at least 4 MiB, at most one block of them. */
+#define PTB_MD_MIN_REGION_SHIFT	13	/* sectors */
 #define PTB_MD_CSUM_XOR		0x70746231
 
 #define PTB_DISK_BITMAP_ENABLED	BIT(0)
@@ -56,7 +62,8 @@ struct ptb_disk_superblock {
 	__le64 dev_sectors;		/* device size the bitmaps cover */
 	__le32 nr_bitmaps;
 	__le32 flags;
-	__u8 reserved[24];
+	__le32 region_shift;		/* intent region size, log2 sectors */
+	__u8 reserved[20];
 	struct ptb_disk_bitmap bitmaps[PTB_MAX_PERSISTENT_BITMAPS];
 } __packed;
 
@@ -74,6 +81,7 @@ struct ptb_metadata {
 	u64 generation;
 	unsigned int active_sb;		/* copy written by the last commit */
 	sector_t dev_sectors;
+	unsigned int region_shift;	/* intent regions, log2 sectors */
 	struct ptb_md_slot slots[PTB_MAX_PERSISTENT_BITMAPS];
 	struct ptb_md_slot committed[PTB_MAX_PERSISTENT_BITMAPS];
 	bool table_dirty;
@@ -83,6 +91,21 @@ struct ptb_metadata {
 static u64 ptb_md_blocks_for(u64 nr_bits)
 {
 	return DIV_ROUND_UP_ULL(nr_bits, PTB_MD_BITS_PER_BLOCK);
+}
+
+static u64 ptb_md_nr_regions(sector_t dev_sectors, unsigned int shift)
+{
+	return max_t(u64, 1, DIV_ROUND_UP_ULL(dev_sectors, 1ULL << shift));
+}
+
+/* The smallest region size that covers the device with one block of bits. */
+static unsigned int ptb_md_region_shift_for(sector_t dev_sectors)
+{
+	unsigned int shift = PTB_MD_MIN_REGION_SHIFT;
+
+	while (ptb_md_nr_regions(dev_sectors, shift) > PTB_MD_BITS_PER_BLOCK)
+		shift++;
+	return shift;
 }
 
 static u32 ptb_md_csum(const void *block)
@@ -104,7 +127,7 @@ static int ptb_md_fail(struct ptb_metadata *pmd, const char *op, int r)
 /* Superblock encoding. */
 
 enum ptb_sb_kind { PTB_SB_ZERO, PTB_SB_VALID, PTB_SB_FOREIGN, PTB_SB_CORRUPT,
-		   PTB_SB_NEWER };
+		   PTB_SB_NEWER, PTB_SB_OLDER };
 
 static enum ptb_sb_kind ptb_md_classify(const void *block, u32 *version)
 {
@@ -117,7 +140,9 @@ static enum ptb_sb_kind ptb_md_classify(const void *block, u32 *version)
 	*version = le32_to_cpu(sb->version);
 	if (*version > PTB_MD_VERSION)
 		return PTB_SB_NEWER;
-	if (*version < 1 || le32_to_cpu(sb->csum) != ptb_md_csum(block) ||
+	if (*version < PTB_MD_VERSION)
+		return PTB_SB_OLDER;
+	if (le32_to_cpu(sb->csum) != ptb_md_csum(block) ||
 	    le32_to_cpu(sb->block_size) != PTB_MD_BLOCK_SIZE)
 		return PTB_SB_CORRUPT;
 	return PTB_SB_VALID;
@@ -131,6 +156,13 @@ static int ptb_md_unpack(struct ptb_metadata *pmd,
 	memset(pmd->slots, 0, sizeof(pmd->slots));
 	pmd->generation = le64_to_cpu(sb->generation);
 	pmd->dev_sectors = le64_to_cpu(sb->dev_sectors);
+	pmd->region_shift = le32_to_cpu(sb->region_shift);
+	if (pmd->region_shift < PTB_MD_MIN_REGION_SHIFT || pmd->region_shift > 40 ||
+	    ptb_md_nr_regions(pmd->dev_sectors, pmd->region_shift) >
+	    PTB_MD_BITS_PER_BLOCK) {
+		*error = "Metadata superblock describes an impossible intent log";
+		return -EINVAL;
+	}
 	for (i = 0; i < PTB_MAX_PERSISTENT_BITMAPS; i++) {
 		const struct ptb_disk_bitmap *d = &sb->bitmaps[i];
 		struct ptb_md_slot *s = &pmd->slots[i];
@@ -168,6 +200,7 @@ static void ptb_md_pack(struct ptb_metadata *pmd, struct ptb_disk_superblock *sb
 	sb->block_size = cpu_to_le32(PTB_MD_BLOCK_SIZE);
 	sb->generation = cpu_to_le64(pmd->generation + 1);
 	sb->dev_sectors = cpu_to_le64(pmd->dev_sectors);
+	sb->region_shift = cpu_to_le32(pmd->region_shift);
 	for (i = 0; i < PTB_MAX_PERSISTENT_BITMAPS; i++) {
 		const struct ptb_md_slot *s = &pmd->slots[i];
 		struct ptb_disk_bitmap *d = &sb->bitmaps[i];
@@ -241,6 +274,10 @@ static int ptb_md_load(struct ptb_metadata *pmd, char **error)
 			*error = "Metadata was written by a newer dm-ptbackup (version too new)";
 			return -EINVAL;
 		}
+		if (kind[i] == PTB_SB_OLDER && best < 0) {
+			*error = "Metadata was written by an older development version: zero it to format";
+			return -EINVAL;
+		}
 	}
 
 	if (best < 0) {
@@ -248,6 +285,7 @@ static int ptb_md_load(struct ptb_metadata *pmd, char **error)
 			DMINFO("formatting zeroed metadata device");
 			pmd->generation = 0;
 			pmd->active_sb = 1;	/* the first commit writes copy 0 */
+			pmd->region_shift = ptb_md_region_shift_for(pmd->dev_sectors);
 			r = ptb_md_write_superblock(pmd);
 			if (r)
 				*error = "Cannot write the metadata superblock";
@@ -296,7 +334,7 @@ int ptb_metadata_open(struct block_device *bdev, sector_t dev_sectors,
 	}
 	pmd->nr_blocks = dm_bufio_get_device_size(pmd->bufio);
 	if (pmd->nr_blocks <= PTB_MD_FIRST_DATA_BLOCK) {
-		*error = "Metadata device too small: it needs at least 12 KiB";
+		*error = "Metadata device too small: it needs at least 16 KiB";
 		r = -EINVAL;
 		goto bad;
 	}
@@ -314,6 +352,7 @@ int ptb_metadata_open(struct block_device *bdev, sector_t dev_sectors,
 	}
 	if (!any && dev_sectors != pmd->dev_sectors) {
 		pmd->dev_sectors = dev_sectors;
+		pmd->region_shift = ptb_md_region_shift_for(dev_sectors);
 		r = ptb_md_write_superblock(pmd);
 		if (r) {
 			*error = "Cannot write the metadata superblock";
@@ -462,12 +501,23 @@ int ptb_metadata_check_space(struct ptb_metadata *pmd, u64 nr_bits)
 	return r < 0 ? r : 0;
 }
 
+/* Little-endian bit order on disk, whatever the CPU's. */
+static void ptb_md_fill_block(void *data, const unsigned long *bits,
+			      u64 base, u64 n)
+{
+	unsigned long bit;
+
+	memset(data, 0, PTB_MD_BLOCK_SIZE);
+	for (bit = find_next_bit(bits, base + n, base); bit < base + n;
+	     bit = find_next_bit(bits, base + n, bit + 1))
+		__set_bit_le(bit - base, data);
+}
+
 /* Zero (bits == NULL) or fill a bitmap's region from an in-core bitmap. */
 static int ptb_md_write_region(struct ptb_metadata *pmd, struct ptb_md_slot *s,
 			       const unsigned long *bits)
 {
 	struct dm_buffer *buf;
-	unsigned long bit;
 	u64 blk, base, n;
 	void *data;
 
@@ -475,14 +525,12 @@ static int ptb_md_write_region(struct ptb_metadata *pmd, struct ptb_md_slot *s,
 		data = dm_bufio_new(pmd->bufio, s->first_block + blk, &buf);
 		if (IS_ERR(data))
 			return PTR_ERR(data);
-		memset(data, 0, PTB_MD_BLOCK_SIZE);
 		base = blk * PTB_MD_BITS_PER_BLOCK;
 		n = min_t(u64, PTB_MD_BITS_PER_BLOCK, s->b.nr_bits - base);
-		if (bits) {
-			for (bit = find_next_bit(bits, base + n, base); bit < base + n;
-			     bit = find_next_bit(bits, base + n, bit + 1))
-				__set_bit_le(bit - base, data);
-		}
+		if (bits)
+			ptb_md_fill_block(data, bits, base, n);
+		else
+			memset(data, 0, PTB_MD_BLOCK_SIZE);
 		dm_bufio_mark_buffer_dirty(buf);
 		dm_bufio_release(buf);
 		cond_resched();
@@ -547,43 +595,93 @@ int ptb_metadata_set_enabled(struct ptb_metadata *pmd, unsigned int slot,
 	return 0;
 }
 
-int ptb_metadata_set_bits(struct ptb_metadata *pmd, unsigned int slot,
-			  u64 first, u64 last)
+int ptb_metadata_copy_block(struct ptb_metadata *pmd, unsigned int slot,
+			    u64 index, const unsigned long *bits)
 {
 	struct ptb_md_slot *s = &pmd->slots[slot];
-	struct dm_buffer *buf = NULL;
-	u64 bit, blk, cur = U64_MAX;
-	void *data = NULL;
-	int r = 0;
+	struct dm_buffer *buf;
+	u64 base = index * PTB_MD_BITS_PER_BLOCK;
+	void *data;
+	int r = -EIO;
 
 	mutex_lock(&pmd->lock);
-	if (pmd->failed) {
-		r = -EIO;
+	if (pmd->failed || index >= s->nr_blocks)
+		goto out;
+	data = dm_bufio_new(pmd->bufio, s->first_block + index, &buf);
+	if (IS_ERR(data)) {
+		r = ptb_md_fail(pmd, "write", PTR_ERR(data));
 		goto out;
 	}
-	last = min(last, s->b.nr_bits - 1);
-	for (bit = first; bit <= last; bit++) {
-		blk = s->first_block + bit / PTB_MD_BITS_PER_BLOCK;
-		if (blk != cur) {
-			if (buf)
-				dm_bufio_release(buf);
-			buf = NULL;
-			data = dm_bufio_read(pmd->bufio, blk, &buf);
-			if (IS_ERR(data)) {
-				r = ptb_md_fail(pmd, "read", PTR_ERR(data));
-				buf = NULL;
-				goto out;
-			}
-			cur = blk;
-		}
-		if (!test_bit_le(bit % PTB_MD_BITS_PER_BLOCK, data)) {
-			__set_bit_le(bit % PTB_MD_BITS_PER_BLOCK, data);
-			dm_bufio_mark_buffer_dirty(buf);
-		}
-	}
+	ptb_md_fill_block(data, bits, base,
+			  min_t(u64, PTB_MD_BITS_PER_BLOCK, s->b.nr_bits - base));
+	dm_bufio_mark_buffer_dirty(buf);
+	dm_bufio_release(buf);
+	r = 0;
 out:
-	if (buf)
-		dm_bufio_release(buf);
+	mutex_unlock(&pmd->lock);
+	return r;
+}
+
+/*----------------------------------------------------------------*/
+
+/* The write-intent log. */
+
+unsigned int ptb_metadata_region_shift(struct ptb_metadata *pmd)
+{
+	return pmd->region_shift;
+}
+
+unsigned long ptb_metadata_nr_regions(struct ptb_metadata *pmd)
+{
+	return ptb_md_nr_regions(pmd->dev_sectors, pmd->region_shift);
+}
+
+int ptb_metadata_load_intent(struct ptb_metadata *pmd, unsigned long *regions)
+{
+	unsigned long n = ptb_metadata_nr_regions(pmd), bit;
+	struct dm_buffer *buf;
+	void *data;
+
+	mutex_lock(&pmd->lock);
+	data = dm_bufio_read(pmd->bufio, PTB_MD_INTENT_BLOCK, &buf);
+	if (IS_ERR(data)) {
+		mutex_unlock(&pmd->lock);
+		return PTR_ERR(data);
+	}
+	bitmap_zero(regions, n);
+	for (bit = find_next_bit_le(data, n, 0); bit < n;
+	     bit = find_next_bit_le(data, n, bit + 1))
+		__set_bit(bit, regions);
+	dm_bufio_release(buf);
+	mutex_unlock(&pmd->lock);
+	return 0;
+}
+
+/* Write the whole intent log and flush: durable on return. */
+int ptb_metadata_write_intent(struct ptb_metadata *pmd,
+			      const unsigned long *regions)
+{
+	struct dm_buffer *buf;
+	void *data;
+	int r = -EIO;
+
+	mutex_lock(&pmd->lock);
+	if (pmd->failed)
+		goto out;
+	data = dm_bufio_new(pmd->bufio, PTB_MD_INTENT_BLOCK, &buf);
+	if (IS_ERR(data)) {
+		r = ptb_md_fail(pmd, "intent write", PTR_ERR(data));
+		goto out;
+	}
+	ptb_md_fill_block(data, regions, 0, ptb_metadata_nr_regions(pmd));
+	dm_bufio_mark_buffer_dirty(buf);
+	dm_bufio_release(buf);
+	r = dm_bufio_write_dirty_buffers(pmd->bufio);
+	if (!r)
+		r = dm_bufio_issue_flush(pmd->bufio);
+	if (r)
+		ptb_md_fail(pmd, "intent write", r);
+out:
 	mutex_unlock(&pmd->lock);
 	return r;
 }

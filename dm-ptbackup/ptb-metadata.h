@@ -18,6 +18,8 @@
 
 #define PTB_MAX_PERSISTENT_BITMAPS	16
 #define PTB_BITMAP_NAME_MAX		32
+#define PTB_MD_BLOCK_SIZE		4096
+#define PTB_MD_BITS_PER_BLOCK		(PTB_MD_BLOCK_SIZE * 8)
 
 struct ptb_metadata;
 
@@ -56,12 +58,26 @@ int ptb_metadata_set_enabled(struct ptb_metadata *pmd, unsigned int slot,
 /* Can a bitmap of nr_bits fit?  0, or -ENOSPC / -ENOMEM style error. */
 int ptb_metadata_check_space(struct ptb_metadata *pmd, u64 nr_bits);
 
-/* Set bits [first, last] on disk (durable after the next commit). */
-int ptb_metadata_set_bits(struct ptb_metadata *pmd, unsigned int slot,
-			  u64 first, u64 last);
+/*
+ * Copy block index (bits index * PTB_MD_BITS_PER_BLOCK onwards) of an
+ * in-core bitmap to disk; durable after the next commit.
+ */
+int ptb_metadata_copy_block(struct ptb_metadata *pmd, unsigned int slot,
+			    u64 index, const unsigned long *bits);
 /* Replace a bitmap's bits with an in-core bitmap. */
 int ptb_metadata_store_bits(struct ptb_metadata *pmd, unsigned int slot,
 			    const unsigned long *bits);
+
+/*
+ * The write-intent log: one bit per region of 1 << region_shift sectors
+ * (the last region runs to the end of the device).  Writing it flushes:
+ * the log is durable when ptb_metadata_write_intent() returns 0.
+ */
+unsigned int ptb_metadata_region_shift(struct ptb_metadata *pmd);
+unsigned long ptb_metadata_nr_regions(struct ptb_metadata *pmd);
+int ptb_metadata_load_intent(struct ptb_metadata *pmd, unsigned long *regions);
+int ptb_metadata_write_intent(struct ptb_metadata *pmd,
+			      const unsigned long *regions);
 
 /*
  * Write every change since the last commit and flush: bitmap blocks first,

@@ -451,6 +451,14 @@ static void ptb_test_faults(struct ptb_device *pd)
 #endif
 }
 
+/* Every write has completed: leave the metadata as after a clean shutdown. */
+static void ptb_postsuspend(struct dm_target *ti)
+{
+	struct ptb_target *pt = ti->private;
+
+	ptb_bitmaps_quiesce(pt->pd);
+}
+
 static void ptb_resume(struct dm_target *ti)
 {
 	struct ptb_target *pt = ti->private;
@@ -525,13 +533,14 @@ static int ptb_iterate_devices(struct dm_target *ti,
 
 static struct target_type ptbackup_target = {
 	.name = "ptbackup",
-	.version = {1, 1, 0},
+	.version = {1, 2, 0},
 	.features = DM_TARGET_SINGLETON,
 	.module = THIS_MODULE,
 	.ctr = ptb_ctr,
 	.dtr = ptb_dtr,
 	.map = ptb_map,
 	.end_io = ptb_end_io,
+	.postsuspend = ptb_postsuspend,
 	.resume = ptb_resume,
 	.status = ptb_status,
 	.message = ptb_message_hook,

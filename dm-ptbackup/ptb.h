@@ -172,8 +172,22 @@ struct ptb_device {
 	unsigned int nr_bitmaps;
 	struct bio_list mark_bios;	/* bio_lock */
 	struct workqueue_struct *mark_wq;
-	struct work_struct marker;
+	struct delayed_work marker;	/* intent log and bitmap commits */
 	atomic_t bitmaps_lost;		/* reported once */
+
+	/*
+	 * The write-intent log (ptb-bitmap.c).  intent: regions whose intent
+	 * bit is durable; the map path reads it.  touched: written since the
+	 * last commit.  Everything else belongs to the marker.
+	 */
+	unsigned long *intent;
+	unsigned long *touched;
+	unsigned long *intent_disk;	/* the log as on disk */
+	unsigned long *intent_clearing;	/* scratch */
+	unsigned long nr_regions;
+	unsigned int region_shift;	/* log2 sectors */
+	unsigned long next_commit;	/* jiffies */
+	bool clean_request;		/* commit all, clear the log */
 
 	/* Write accounting: the point in time of a new job. */
 	struct mutex hold_lock;		/* one hold at a time */

@@ -6,7 +6,7 @@
 need_root
 need_cmd dmsetup python3
 
-tap_plan 15
+tap_plan 16
 origin=$(make_loop 16)
 mdisk=$(make_loop 4)
 sz=$(dev_sectors "$origin")
@@ -53,19 +53,24 @@ tap_check "one valid superblock copy is enough" \
 tap_eq "and the bitmap is there" keep "$(dm_msg ptb_md bitmap list | cut -d' ' -f1)"
 dmsetup remove ptb_md
 
-# A newer version in both copies.
-dd if=$cp_meta of="$mdisk" bs=1M oflag=direct status=none
-python3 - "$mdisk" <<'PY'
+# A newer, then an older version in both copies (the version is at byte 8).
+set_version() {
+	dd if=$cp_meta of="$mdisk" bs=1M oflag=direct status=none
+	python3 - "$mdisk" "$1" <<'PY'
 import os, struct, sys
 fd = os.open(sys.argv[1], os.O_RDWR)
 for blk in (0, 1):
-    os.pwrite(fd, struct.pack("<I", 2), blk * 4096 + 8)
+    os.pwrite(fd, struct.pack("<I", int(sys.argv[2])), blk * 4096 + 8)
 os.close(fd)
 PY
+}
+set_version 3
 mrefuse "newer metadata is refused" "newer dm-ptbackup" "$mdisk"
+set_version 1
+mrefuse "metadata of the version-1 development format is refused" "older development version" "$mdisk"
 
 small=$(make_loop 1)
-truncate -s 8K "$(losetup -nO BACK-FILE "$small")" && losetup -c "$small"
+truncate -s 12K "$(losetup -nO BACK-FILE "$small")" && losetup -c "$small"
 mrefuse "a too small metadata device is refused" "too small" "$small"
 
 # Growing the device beyond what persistent bitmaps cover.
