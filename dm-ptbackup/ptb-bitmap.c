@@ -328,9 +328,10 @@ static int ptb_intent_recover(struct ptb_device *pd)
 	err = ptb_metadata_commit(pd->pmd);
 	if (err)
 		return err;
-	DMWARN("%s: unclean shutdown: %u of %lu intent regions (%llu KiB each) marked dirty in every persistent bitmap",
+	DMWARN("%s: unclean shutdown: %u of %lu intent regions (%llu KiB each) %s",
 	       ptb_device_name(pd), bitmap_weight(pd->intent_disk, n), n,
-	       (1ULL << pd->region_shift) >> 1);
+	       (1ULL << pd->region_shift) >> 1,
+	       "marked dirty in every persistent bitmap");
 	bitmap_zero(pd->intent_disk, n);
 	return ptb_metadata_write_intent(pd->pmd, pd->intent_disk);
 }
@@ -360,7 +361,10 @@ static void ptb_intent_free(struct ptb_device *pd)
 	kvfree(pd->touched);
 	kvfree(pd->intent_disk);
 	kvfree(pd->intent_clearing);
-	pd->intent = pd->touched = pd->intent_disk = pd->intent_clearing = NULL;
+	pd->intent = NULL;
+	pd->touched = NULL;
+	pd->intent_disk = NULL;
+	pd->intent_clearing = NULL;
 }
 
 void ptb_bitmaps_exit(struct ptb_device *pd)
@@ -419,7 +423,8 @@ int ptb_bitmaps_load(struct ptb_device *pd, char **error)
 	int r;
 
 	pd->region_shift = ptb_metadata_region_shift(pd->pmd);
-	pd->nr_regions = n = ptb_metadata_nr_regions(pd->pmd);
+	n = ptb_metadata_nr_regions(pd->pmd);
+	pd->nr_regions = n;
 	pd->intent = ptb_bits_alloc(n, GFP_KERNEL);
 	pd->touched = ptb_bits_alloc(n, GFP_KERNEL);
 	pd->intent_disk = ptb_bits_alloc(n, GFP_KERNEL);

@@ -275,7 +275,7 @@ static int ptb_md_load(struct ptb_metadata *pmd, char **error)
 			return -EINVAL;
 		}
 		if (kind[i] == PTB_SB_OLDER && best < 0) {
-			*error = "Metadata was written by an older development version: zero it to format";
+			*error = "Metadata has an older development format: zero it to format";
 			return -EINVAL;
 		}
 	}

@@ -67,7 +67,7 @@ PY
 set_version 3
 mrefuse "newer metadata is refused" "newer dm-ptbackup" "$mdisk"
 set_version 1
-mrefuse "metadata of the version-1 development format is refused" "older development version" "$mdisk"
+mrefuse "metadata of the version-1 development format is refused" "older development format" "$mdisk"
 
 small=$(make_loop 1)
 truncate -s 12K "$(losetup -nO BACK-FILE "$small")" && losetup -c "$small"
