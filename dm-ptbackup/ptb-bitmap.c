@@ -747,6 +747,56 @@ int ptb_bitmap_dump(struct ptb_device *pd, struct ptb_bitmap *b, u64 start,
 	return 1;
 }
 
+int ptb_bitmap_save(const struct ptb_bitmap *b, struct ptb_bitmap_copy *c)
+{
+	c->bits = ptb_bits_alloc(b->nr_bits, GFP_KERNEL);
+	if (!c->bits)
+		return -ENOMEM;
+	bitmap_copy(c->bits, b->bits, b->nr_bits);
+	strscpy(c->name, b->name, sizeof(c->name));
+	c->gran_shift = b->gran_shift;
+	c->nr_bits = b->nr_bits;
+	c->enabled = READ_ONCE(b->enabled);
+	c->persistent = b->slot >= 0;
+	return 0;
+}
+
+/*
+ * Put a saved bitmap back, adding it again if it was removed.  Writes are
+ * held by the caller, so the saved bits plus nothing are exact.
+ */
+int ptb_bitmap_restore(struct ptb_target *pt, const struct ptb_bitmap_copy *c)
+{
+	struct ptb_device *pd = pt->pd;
+	struct ptb_bitmap *b = ptb_bitmap_find(pd, c->name);
+	int r;
+
+	if (!b) {
+		r = ptb_bitmap_add(pt, c->name, 1ULL << c->gran_shift,
+				   !c->persistent, !c->enabled);
+		if (r)
+			return r;
+		b = ptb_bitmap_find(pd, c->name);
+	}
+	if (b->nr_bits != c->nr_bits)
+		return -EINVAL;
+	flush_delayed_work(&pd->marker);
+	bitmap_copy(b->bits, c->bits, b->nr_bits);
+	if (b->slot < 0 || ptb_metadata_failed(pd->pmd))
+		return 0;
+	r = ptb_metadata_store_bits(pd->pmd, b->slot, b->bits);
+	r = r ? r : ptb_bitmap_commit(pd, "restore", b);
+	if (r)
+		ptb_bitmaps_lost_tracking(pd);
+	return r;
+}
+
+void ptb_bitmap_copy_free(struct ptb_bitmap_copy *c)
+{
+	kvfree(c->bits);
+	c->bits = NULL;
+}
+
 /*----------------------------------------------------------------*/
 
 /* Jobs. */

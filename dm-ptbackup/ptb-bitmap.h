@@ -74,6 +74,20 @@ int ptb_bitmap_list(struct ptb_device *pd, char *result, unsigned int maxlen);
 int ptb_bitmap_dump(struct ptb_device *pd, struct ptb_bitmap *b, u64 start,
 		    char *result, unsigned int maxlen);
 
+/* A bitmap as it was, to undo a transaction element.  pd->lock held. */
+struct ptb_bitmap_copy {
+	char name[PTB_BITMAP_NAME_MAX + 1];
+	unsigned int gran_shift;
+	unsigned long nr_bits;
+	bool enabled;
+	bool persistent;
+	unsigned long *bits;		/* NULL: nothing saved */
+};
+
+int ptb_bitmap_save(const struct ptb_bitmap *b, struct ptb_bitmap_copy *c);
+int ptb_bitmap_restore(struct ptb_target *pt, const struct ptb_bitmap_copy *c);
+void ptb_bitmap_copy_free(struct ptb_bitmap_copy *c);
+
 /* Jobs.  Called with writes held (ptb_hold_writes). */
 int ptb_bitmap_prepare_job(struct ptb_bitmap *b, unsigned long **succ);
 void ptb_bitmap_freeze(struct ptb_bitmap *b, struct ptb_job *job,

@@ -521,7 +521,9 @@ ptb_find_handler(const char *dev, unsigned int argc, char **argv)
  * they take effect at one instant.  If an element still fails while being
  * applied (out of memory, a target that became busy, a metadata error),
  * the earlier ones are undone: added bitmaps removed, enabled or disabled
- * ones switched back, started jobs cancelled and dismissed.
+ * ones switched back, cleared, merged-into or removed ones put back as they
+ * were (a copy is taken before each is applied), started jobs cancelled
+ * and dismissed.
  */
 
 #define PTB_TXN_MAX	16
@@ -531,6 +533,7 @@ struct ptb_txn_elem {
 	unsigned int argc;		/* after verb and object */
 	char **argv;
 	struct ptb_job_params p;	/* backup start */
+	struct ptb_bitmap_copy saved;	/* clear, merge, remove */
 };
 
 /* Names whose state the transaction changes; the latest entry wins. */
@@ -655,10 +658,33 @@ static int ptb_txn_check(struct ptb_target *pt, struct ptb_txn_view *v,
 	}
 }
 
+/* The bitmap an element changes in a way only a copy can undo. */
+static const char *ptb_txn_saved_bitmap(const struct ptb_txn_elem *e)
+{
+	switch (e->h->kind) {
+	case PTB_MSG_BITMAP_CLEAR:
+	case PTB_MSG_BITMAP_REMOVE:
+		return e->argv[0];
+	case PTB_MSG_BITMAP_MERGE:
+		return e->argv[1];
+	default:
+		return NULL;
+	}
+}
+
 static int ptb_txn_apply(struct ptb_target *pt, struct ptb_txn_elem *e)
 {
+	const char *name = ptb_txn_saved_bitmap(e);
+	struct ptb_bitmap *b = name ? ptb_bitmap_find(pt->pd, name) : NULL;
+	int r;
+
 	if (e->h->kind == PTB_MSG_BACKUP_START)
 		return ptb_job_start(pt, &e->p);
+	if (b) {
+		r = ptb_bitmap_save(b, &e->saved);
+		if (r)
+			return r;
+	}
 	return e->h->fn(pt, e->argc, e->argv, NULL, 0);
 }
 
@@ -679,6 +705,13 @@ static void ptb_txn_undo(struct ptb_target *pt, struct ptb_txn_elem *elems,
 		case PTB_MSG_BITMAP_ADD:
 			if (b)
 				ptb_bitmap_remove(pd, b);
+			break;
+		case PTB_MSG_BITMAP_CLEAR:
+		case PTB_MSG_BITMAP_MERGE:
+		case PTB_MSG_BITMAP_REMOVE:
+			if (e->saved.bits && ptb_bitmap_restore(pt, &e->saved))
+				DMERR("%s: transaction: cannot undo element %u (%s %s)",
+				      ptb_device_name(pd), n, e->h->verb, e->h->object);
 			break;
 		case PTB_MSG_BITMAP_ENABLE:
 		case PTB_MSG_BITMAP_DISABLE:
@@ -762,6 +795,8 @@ static int ptb_transaction(struct ptb_target *pt, unsigned int argc, char **argv
 	}
 	ptb_release_writes(pt->pd);
 out:
+	for (i = 0; elems && i < n; i++)
+		ptb_bitmap_copy_free(&elems[i].saved);
 	kfree(v);
 	kfree(elems);
 	return r;

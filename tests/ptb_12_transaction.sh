@@ -5,7 +5,7 @@
 need_root
 need_cmd dmsetup
 
-tap_plan 13
+tap_plan 16
 origin=$(make_loop 16)
 meta=$(make_loop 4)
 t1=$(make_loop 16) t2=$(make_loop 16) busy=$(make_loop 16)
@@ -45,4 +45,18 @@ txrefuse "a message that cannot be in a transaction" "cannot be part of a transa
 	bitmap add c \; bitmap list
 txrefuse "an element that fails only when applied (busy target)" "undoing the earlier ones" \
 	bitmap add c \; bitmap disable b \; backup start y "$busy"
+
+# Clear, merge and remove are undone from copies taken as they are applied.
+dd if=/dev/urandom of=/dev/mapper/$dev bs=4k count=1 seek=1000 oflag=direct status=none
+dd if=/dev/urandom of=/dev/mapper/$dev bs=4k count=1 seek=3000 oflag=direct status=none
+dm_msg $dev bitmap add e disabled
+dm_msg $dev bitmap merge b e
+before=$(state)
+dumps() { dm_msg $dev bitmap dump b; echo; dm_msg $dev bitmap dump e; }
+dumps_before=$(dumps)
+tap_diag "before: $before"
+txrefuse "clear, merge and remove are undone" "undoing the earlier ones" \
+	bitmap clear b \; bitmap merge b e \; bitmap clear e \; bitmap remove e \; \
+	bitmap remove b \; bitmap add b \; backup start y "$busy"
+tap_eq "and the bits are as before" "$dumps_before" "$(dumps)"
 tap_done
