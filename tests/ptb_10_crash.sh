@@ -1,15 +1,17 @@
 #!/bin/bash
 # Crash safety: cut the metadata device's writes (dm-flakey drop_writes)
 # at random moments while fio writes, "crash" the device, bring it back,
-# and check that every write completed before the cut is in the bitmap.
+# and check that every write completed before the cut is in the bitmap,
+# and that nothing outside the intent regions fio wrote to is.  fio writes
+# to [8 MiB, 16 MiB) of a 64 MiB device: intent regions 2 and 3 of 16.
 . "$(dirname "$0")/lib/tap.sh"
 . "$(dirname "$0")/lib/ptb.sh"
 need_root
 need_cmd dmsetup fio python3
 
 ROUNDS=4
-tap_plan $((ROUNDS * 2))
-origin=$(make_loop 32)
+tap_plan $((ROUNDS * 3))
+origin=$(make_loop 64)
 mdisk=$(make_loop 4)
 sz=$(dev_sectors "$origin")
 msz=$(dev_sectors "$mdisk")
@@ -28,6 +30,7 @@ for r in $(seq 1 $ROUNDS); do
 	rm -f /tmp/crash_clat.*.log
 	fio --output=/dev/null --filename=/dev/mapper/ptb_crash --direct=1 \
 		--name=w --ioengine=libaio --iodepth=4 --rw=randwrite --bs=4k \
+		--offset=8M --size=8M \
 		--time_based --runtime=60 --write_lat_log=/tmp/crash --log_offset=1 \
 		--log_unix_epoch=1 &
 	fio_pid=$!
@@ -63,13 +66,16 @@ for line in open(sys.argv[3]):
     off, length = [int(x) for x in line.split()]
     marked.update(range(off // chunk, (off + length - 1) // chunk + 1))
 missing = sorted(done - marked)
-print(n, len(done), len(marked), len(missing), missing[:5])
+# Intent regions 2 and 3 (4 MiB each) are all a crash may add.
+outside = sorted(c for c in marked if not 128 <= c < 256)
+print(n, len(done), len(marked), len(missing), len(outside), missing[:5], outside[:5])
 PY
 )
-	read -r n want marked missing _ <<< "$result"
+	read -r n want marked missing outside _ <<< "$result"
 	tap_diag "round $r: $n writes before the cut over $want chunks, $marked chunks marked"
 	tap_eq "round $r: writes happened before the cut" 1 $((n > 0))
 	tap_eq "round $r: no completed write is missing from the bitmap" 0 "$missing"
+	tap_eq "round $r: nothing outside the written regions is marked" 0 "$outside"
 	dmsetup remove ptb_crash
 done
 tap_done
