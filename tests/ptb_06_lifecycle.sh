@@ -23,10 +23,10 @@ scribble() {	# scribble N: N random 64 KiB writes at random chunks
 
 # Two jobs with different points in time, across suspend/resume and reload.
 want1=$(sha_dev "$origin")
-dm_msg $dev backup start one "$t1" speed=1M
+dm_msg $dev backup start one "$t1" speed=256K
 scribble 8
 want2=$(sha_dev "$origin")
-dm_msg $dev backup start two "$t2" speed=1M
+dm_msg $dev backup start two "$t2" speed=256K
 tap_eq "two jobs run at once" "running running" \
 	"$(ptb_job_field $dev one state) $(ptb_job_field $dev two state)"
 scribble 5
@@ -52,7 +52,7 @@ dm_msg $dev job dismiss one
 dm_msg $dev job dismiss two
 
 # fio --verify on the device while a job copies it.
-dm_msg $dev backup start three "$t3" speed=1M
+dm_msg $dev backup start three "$t3" speed=128K
 tap_check "fio --verify while a job runs" fio --output=/tmp/fio.out --name=v \
 	--filename=/dev/mapper/$dev --direct=1 --ioengine=libaio --iodepth=8 \
 	--rw=randwrite --bsrange=4k-256k --size=24M --verify=crc32c --verify_fatal=1 \

@@ -97,7 +97,7 @@ brefuse "dump with a bad start" "invalid start byte" bitmap dump g64 12x
 
 # Busy bitmaps.
 target=$(make_loop 16)
-dm_msg $dev backup start busy "$target" bitmap=g64 speed=512K
+dm_msg $dev backup start busy "$target" bitmap=g64 speed=64K
 before=$(blist)
 tap_eq "list shows busy" "busy" "$(blist | awk '$1 == "g64" { print $5 }')"
 brefuse "remove a busy bitmap" "in use by job busy" bitmap remove g64
