@@ -64,7 +64,9 @@ bench: deps
 	$(MAKE) bench-vm
 
 bench-vm: install-module
-	bash tests/vm/run-vm.sh --kver $(KVER) -- tests/bench/bench.sh
+	bash tests/vm/run-vm.sh --kver $(KVER) \
+		$(foreach v,BENCH_SECS BENCH_MB BENCH_ROUNDS,$(if $($(v)),--env $(v)=$($(v)))) \
+		-- tests/bench/bench.sh
 
 demo: deps
 	$(MAKE) demo-vm

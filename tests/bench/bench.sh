@@ -26,7 +26,7 @@ fio_iops() {	# fio_iops DEV RW BS -> IOPS
 		awk -F';' '{ print $49 }'
 }
 
-declare -A rand seq
+declare -A rand seq all
 run() {	# run NAME TABLE [SETUP...]
 	local name=$1 table=$2
 	shift 2
@@ -35,6 +35,7 @@ run() {	# run NAME TABLE [SETUP...]
 	local r s
 	r=$(fio_iops /dev/mapper/bench randwrite 4k)
 	s=$(fio_iops /dev/mapper/bench write 1M)
+	all[$name]+=" ${r:-0}"
 	[ "${r:-0}" -gt "${rand[$name]:-0}" ] && rand[$name]=$r
 	[ "${s:-0}" -gt "${seq[$name]:-0}" ] && seq[$name]=$s
 	dmsetup remove bench
@@ -65,4 +66,8 @@ for n in "${names[@]}"; do
 	printf '%-18s %12s %7s%% %14s %7s%%\n' "$n" "$r" \
 		"$( [ "$lin" -gt 0 ] && echo $((r * 100 / lin)) )" "$((s * 1024))" \
 		"$( [ "$lins" -gt 0 ] && echo $((s * 100 / lins)) )"
+done
+echo "# 4k random write IOPS of every round (the table shows the best):"
+for n in "${names[@]}"; do
+	printf '#   %-18s%s\n' "$n" "${all[$n]}"
 done
