@@ -39,6 +39,8 @@ static bool ptb_bitmap_range(const struct ptb_bitmap *b, sector_t sector,
 static bool ptb_bits_all_set(const unsigned long *bits, unsigned long first,
 			     unsigned long last)
 {
+	if (first == last)
+		return test_bit(first, bits);
 	return find_next_zero_bit(bits, last + 1, first) > last;
 }
 
@@ -70,11 +72,12 @@ static void ptb_intent_range(struct ptb_device *pd, sector_t sector,
 }
 
 /*
- * Is the intent of every region the bio touches durable?  Called after the
- * bio's bits are set in core.  If a commit clears a region's intent at the
- * same time, either it sees those bits (and commits them before the intent
- * is cleared on disk) or this sees the intent clear and the bio waits for
- * the marker to log it again.
+ * Is the intent of every region the bio touches durable?  Called under
+ * rcu_read_lock(), after the bio's bits are set in core.  A commit that
+ * takes a region out of the log clears its intent bit in core, waits for
+ * an RCU grace period, and only then reads the bits to commit: so either
+ * this sees the intent clear (and the bio waits for the marker to log it
+ * again), or the commit sees the bits this bio set.
  */
 static bool ptb_intent_held(struct ptb_device *pd, sector_t sector,
 			    unsigned int sectors)
@@ -82,8 +85,6 @@ static bool ptb_intent_held(struct ptb_device *pd, sector_t sector,
 	unsigned long first, last, r;
 
 	ptb_intent_range(pd, sector, sectors, &first, &last);
-	/* Bits set before intent read: pairs with smp_mb() in ptb_bitmaps_sync(). */
-	smp_mb();
 	for (r = first; r <= last; r++)
 		if (!test_bit(r, pd->intent))
 			return false;
@@ -105,7 +106,7 @@ bool ptb_bitmaps_mark(struct ptb_device *pd, struct bio *bio)
 	unsigned int sectors = bio_sectors(bio);
 	unsigned long first, last, *succ;
 	struct ptb_bitmap *b;
-	bool persistent = false;
+	bool persistent = false, wait = false;
 
 	rcu_read_lock();
 	list_for_each_entry_rcu(b, &pd->bitmaps, node) {
@@ -129,9 +130,11 @@ bool ptb_bitmaps_mark(struct ptb_device *pd, struct bio *bio)
 		     first++)
 			set_bit(first, b->dirty_blocks);
 	}
+	/* After a metadata failure (bitmaps_lost) writes no longer wait. */
+	if (persistent && !atomic_read(&pd->bitmaps_lost))
+		wait = !ptb_intent_held(pd, sector, sectors);
 	rcu_read_unlock();
-	return persistent && !ptb_metadata_failed(pd->pmd) &&
-		!ptb_intent_held(pd, sector, sectors);
+	return wait;
 }
 
 void ptb_defer_mark(struct ptb_device *pd, struct bio *bio)
@@ -175,8 +178,10 @@ static void ptb_intent_log(struct ptb_device *pd, struct bio_list *bios)
 	bool changed = false;
 	struct bio *bio;
 
-	if (ptb_metadata_failed(pd->pmd))
+	if (ptb_metadata_failed(pd->pmd)) {
+		ptb_bitmaps_lost_tracking(pd);
 		return;
+	}
 	bio_list_for_each(bio, bios) {
 		ptb_intent_range(pd, bio->bi_iter.bi_sector, bio_sectors(bio),
 				 &first, &last);
@@ -218,8 +223,12 @@ static void ptb_bitmaps_sync(struct ptb_device *pd)
 		clear_bit(r, pd->intent);
 		__set_bit(r, pd->intent_clearing);
 	}
-	/* Intent cleared before the bits are read: pairs with ptb_intent_held(). */
-	smp_mb();
+	/*
+	 * Writes that saw those intent bits set have finished marking (see
+	 * ptb_intent_held()).  No write is being mapped at a clean shutdown.
+	 */
+	if (!clean && !bitmap_empty(pd->intent_clearing, n))
+		synchronize_rcu();
 	if (ptb_metadata_failed(pd->pmd))
 		goto out;
 

@@ -415,7 +415,7 @@ static int ptb_map(struct dm_target *ti, struct bio *bio)
 		ptb_defer_mark(pd, bio);
 		return DM_MAPIO_SUBMITTED;
 	}
-	if (likely(!ptb_write_needs_cow(pd, bio)))
+	if (likely(list_empty(&pd->jobs)) || !ptb_write_needs_cow(pd, bio))
 		return DM_MAPIO_REMAPPED;
 
 	ptb_defer_bio(pd, bio);
@@ -426,8 +426,10 @@ static int ptb_end_io(struct dm_target *ti, struct bio *bio,
 		      blk_status_t *error)
 {
 	struct ptb_target *pt = ti->private;
+	struct ptb_bio *pb = dm_per_bio_data(bio, sizeof(struct ptb_bio));
 
-	ptb_write_done(pt->pd, dm_per_bio_data(bio, sizeof(struct ptb_bio)));
+	if (pb->counted)
+		ptb_write_done(pt->pd, pb);
 	return DM_ENDIO_DONE;
 }
 

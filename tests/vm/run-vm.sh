@@ -7,7 +7,7 @@ set -u
 usage() {
 	cat <<USAGE
 usage: $0 [--kver KVER] [--outdir DIR] [--timeout SECS] [--env NAME=VALUE]...
-          [--console-loglevel N] [--mem MB] [--smp N] [--kernel PATH]
+          [--console-loglevel N] [--mem MB] [--smp N] [--icount SHIFT] [--kernel PATH]
           [--modules DIR] [--append ARGS] -- CMD [ARGS...]
 
   --kver KVER     kernel to boot (default: \$KVER or newest /lib/modules/*-amd64
@@ -19,6 +19,8 @@ usage: $0 [--kver KVER] [--outdir DIR] [--timeout SECS] [--env NAME=VALUE]...
   --console-loglevel N  kernel messages below level N reach the console once
                   the command runs (default 1: only panics and oopses)
   --mem MB        guest memory (default 2048)    --smp N   guest CPUs (default 2)
+  --icount SHIFT  deterministic timing: the guest clock advances 2^SHIFT ns per
+                  guest instruction (single-threaded TCG; for benchmarks)
   --kernel PATH   boot this image instead of /boot/vmlinuz-KVER (needs --kver)
   --modules DIR   DIR/lib/modules/KVER becomes the guest's /lib/modules/KVER
                   (default: the host's /lib/modules/KVER)
@@ -38,6 +40,7 @@ outdir=
 timeout_s=${VM_TIMEOUT:-3000}
 mem=2048
 smp=2
+icount=
 envs=()
 conlevel=1
 kernel=
@@ -57,6 +60,7 @@ while [ $# -gt 0 ]; do
 	--console-loglevel) conlevel=${2:?}; shift 2 ;;
 	--mem) mem=${2:?}; shift 2 ;;
 	--smp) smp=${2:?}; shift 2 ;;
+	--icount) icount=${2:?}; shift 2 ;;
 	--kernel) kernel=${2:?}; shift 2 ;;
 	--kernel=*) kernel=${1#*=}; shift ;;
 	--modules) moddir=${2:?}; shift 2 ;;
@@ -216,6 +220,7 @@ cmdline="$cmdline ptb.init=$here/guest-init.sh ptb.repo=$repo ptb.conlevel=$conl
 start=$(date +%s)
 timeout -k 15 "$timeout_s" qemu-system-x86_64 \
 	-accel tcg -machine pc -cpu qemu64 -m "$mem" -smp "$smp" \
+	${icount:+-icount "shift=$icount"} \
 	-display none -nodefaults -serial stdio -no-reboot \
 	-kernel "$kernel" -initrd "$initrd" -append "$cmdline" \
 	-virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap,id=hostroot" \
