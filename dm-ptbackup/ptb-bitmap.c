@@ -318,7 +318,7 @@ static void ptb_bitmap_mark_region(struct ptb_device *pd, struct ptb_bitmap *b,
 		bitmap_set(b->bits, first, last - first + 1);
 }
 
-static int ptb_intent_recover(struct ptb_device *pd)
+static int ptb_intent_recover(struct ptb_device *pd, struct list_head *bitmaps)
 {
 	unsigned long n = pd->nr_regions, r;
 	struct ptb_bitmap *b;
@@ -327,7 +327,7 @@ static int ptb_intent_recover(struct ptb_device *pd)
 	err = ptb_metadata_load_intent(pd->pmd, pd->intent_disk);
 	if (err || bitmap_empty(pd->intent_disk, n))
 		return err;
-	list_for_each_entry(b, &pd->bitmaps, node) {
+	list_for_each_entry(b, bitmaps, node) {
 		for_each_set_bit(r, pd->intent_disk, n)
 			ptb_bitmap_mark_region(pd, b, r);
 		err = ptb_metadata_store_bits(pd->pmd, b->slot, b->bits);
@@ -423,48 +423,129 @@ static void ptb_bitmap_publish(struct ptb_device *pd, struct ptb_bitmap *b)
 }
 
 /* Load the persistent bitmaps when the metadata is opened. */
-int ptb_bitmaps_load(struct ptb_device *pd, char **error)
+/*
+ * Allocate the intent log's in-core bitmaps, all clear, for as many regions
+ * as the log can hold, so that a resize never reallocates them.
+ */
+static int ptb_intent_alloc(struct ptb_device *pd)
 {
-	struct ptb_md_bitmap md;
-	struct ptb_bitmap *b;
-	unsigned int slot;
-	unsigned long n;
-	int r;
+	unsigned long n = PTB_MD_BITS_PER_BLOCK;
+	unsigned long *v[4];
+	unsigned int i;
 
-	pd->region_shift = ptb_metadata_region_shift(pd->pmd);
-	n = ptb_metadata_nr_regions(pd->pmd);
-	pd->nr_regions = n;
-	pd->intent = ptb_bits_alloc(n, GFP_KERNEL);
-	pd->touched = ptb_bits_alloc(n, GFP_KERNEL);
-	pd->intent_disk = ptb_bits_alloc(n, GFP_KERNEL);
-	pd->intent_clearing = ptb_bits_alloc(n, GFP_KERNEL);
-	if (!pd->intent || !pd->touched || !pd->intent_disk || !pd->intent_clearing) {
-		*error = "Cannot allocate the intent log";
+	for (i = 0; i < ARRAY_SIZE(v); i++)
+		v[i] = ptb_bits_alloc(n, GFP_KERNEL);
+	if (!v[0] || !v[1] || !v[2] || !v[3]) {
+		for (i = 0; i < ARRAY_SIZE(v); i++)
+			kvfree(v[i]);
 		return -ENOMEM;
 	}
+	ptb_intent_free(pd);
+	pd->intent = v[0];
+	pd->touched = v[1];
+	pd->intent_disk = v[2];
+	pd->intent_clearing = v[3];
+	pd->region_shift = ptb_metadata_region_shift(pd->pmd);
+	pd->nr_regions = ptb_metadata_nr_regions(pd->pmd);
+	return 0;
+}
 
+/*
+ * The device grew or shrank while the metadata held no persistent bitmap:
+ * make the metadata cover the new size before one is added.
+ */
+static int ptb_bitmaps_resize(struct ptb_device *pd, sector_t dev_sectors)
+{
+	int r;
+
+	ptb_hold_writes(pd);
+	/* Writes are drained, so the marker has no bio to strand. */
+	cancel_delayed_work_sync(&pd->marker);
+	r = ptb_metadata_resize(pd->pmd, dev_sectors);
+	if (!r) {
+		bitmap_zero(pd->intent, PTB_MD_BITS_PER_BLOCK);
+		bitmap_zero(pd->touched, PTB_MD_BITS_PER_BLOCK);
+		bitmap_zero(pd->intent_disk, PTB_MD_BITS_PER_BLOCK);
+		pd->region_shift = ptb_metadata_region_shift(pd->pmd);
+		pd->nr_regions = ptb_metadata_nr_regions(pd->pmd);
+		r = ptb_metadata_write_intent(pd->pmd, pd->intent_disk);
+	}
+	ptb_release_writes(pd);
+	return r;
+}
+
+static bool ptb_has_persistent(struct ptb_device *pd)
+{
+	struct ptb_bitmap *b;
+
+	list_for_each_entry(b, &pd->bitmaps, node)
+		if (b->slot >= 0)
+			return true;
+	return false;
+}
+
+/*
+ * Load the persistent bitmaps when the metadata is opened, replay the
+ * intent log into them, and publish them at one instant (writes held: a
+ * reload may attach metadata while the device is live).  On error nothing
+ * is published.
+ */
+int ptb_bitmaps_load(struct ptb_device *pd, char **error)
+{
+	struct ptb_bitmap *b, *tmp;
+	struct ptb_md_bitmap md;
+	LIST_HEAD(loaded);
+	unsigned int slot;
+	int r;
+
+	r = ptb_intent_alloc(pd);
+	if (r) {
+		*error = "Cannot allocate the intent log";
+		return r;
+	}
 	for (slot = 0; slot < PTB_MAX_PERSISTENT_BITMAPS; slot++) {
 		if (!ptb_metadata_get_bitmap(pd->pmd, slot, &md))
 			continue;
+		if (ptb_bitmap_find(pd, md.name)) {
+			*error = "A persistent bitmap has the name of a transient one";
+			r = -EEXIST;
+			goto bad;
+		}
 		b = ptb_bitmap_new(md.name, md.granularity_shift,
 				   ptb_metadata_dev_sectors(pd->pmd), true);
 		if (!b) {
 			*error = "Cannot allocate a bitmap";
-			return -ENOMEM;
+			r = -ENOMEM;
+			goto bad;
 		}
 		b->slot = slot;
 		b->enabled = md.enabled;
+		list_add_tail(&b->node, &loaded);
 		r = ptb_metadata_load_bits(pd->pmd, slot, b->bits);
 		if (r) {
-			ptb_bitmap_free(b);
 			*error = "Cannot read a bitmap from the metadata device";
-			return r;
+			goto bad;
 		}
+	}
+	r = ptb_intent_recover(pd, &loaded);
+	if (r) {
+		*error = "Cannot replay the metadata's intent log";
+		goto bad;
+	}
+	ptb_hold_writes(pd);
+	list_for_each_entry_safe(b, tmp, &loaded, node) {
+		list_del(&b->node);
 		ptb_bitmap_publish(pd, b);
 	}
-	r = ptb_intent_recover(pd);
-	if (r)
-		*error = "Cannot replay the metadata's intent log";
+	ptb_release_writes(pd);
+	return 0;
+
+bad:
+	list_for_each_entry_safe(b, tmp, &loaded, node) {
+		list_del(&b->node);
+		ptb_bitmap_free(b);
+	}
+	ptb_intent_free(pd);
 	return r;
 }
 
@@ -529,6 +610,15 @@ int ptb_bitmap_add(struct ptb_target *pt, const char *name, u64 granularity,
 		      dev, name);
 		return -EIO;
 	}
+	if (persistent && pt->ti->len != ptb_metadata_dev_sectors(pd->pmd) &&
+	    !ptb_has_persistent(pd)) {
+		r = ptb_bitmaps_resize(pd, pt->ti->len);
+		if (r) {
+			DMERR("%s: bitmap add %s: cannot resize the metadata to the device (%d)",
+			      dev, name, r);
+			return r;
+		}
+	}
 
 	b = ptb_bitmap_new(name, ilog2(granularity),
 			   persistent ? ptb_metadata_dev_sectors(pd->pmd) : pt->ti->len,
@@ -566,10 +656,12 @@ int ptb_bitmap_add(struct ptb_target *pt, const char *name, u64 granularity,
 static int ptb_bitmap_check_idle(struct ptb_device *pd, const char *op,
 				 struct ptb_bitmap *b)
 {
-	if (!b->busy)
+	struct ptb_job *job = READ_ONCE(b->busy);
+
+	if (!job)
 		return 0;
 	DMERR("%s: bitmap %s %s: bitmap is in use by job %s", ptb_device_name(pd),
-	      op, b->name, b->busy->id);
+	      op, b->name, job->id);
 	return -EBUSY;
 }
 
@@ -579,18 +671,17 @@ int ptb_bitmap_remove(struct ptb_device *pd, struct ptb_bitmap *b)
 
 	if (r)
 		return r;
-	if (b->slot >= 0 && !ptb_metadata_failed(pd->pmd)) {
-		ptb_metadata_remove_bitmap(pd->pmd, b->slot);
-		r = ptb_bitmap_commit(pd, "remove", b);
-		if (r)
-			return r;
-	}
+	/* No writer and no commit may still see it when its slot goes. */
 	list_del_rcu(&b->node);
 	pd->nr_bitmaps--;
 	synchronize_rcu();
 	flush_delayed_work(&pd->marker);
+	if (b->slot >= 0 && !ptb_metadata_failed(pd->pmd)) {
+		ptb_metadata_remove_bitmap(pd->pmd, b->slot);
+		r = ptb_bitmap_commit(pd, "remove", b);
+	}
 	ptb_bitmap_free(b);
-	return 0;
+	return r;
 }
 
 int ptb_bitmap_clear(struct ptb_device *pd, struct ptb_bitmap *b)
@@ -660,29 +751,25 @@ static void ptb_bits_merge(const struct ptb_bitmap *src, struct ptb_bitmap *dst,
 int ptb_bitmap_merge(struct ptb_device *pd, struct ptb_bitmap *src,
 		     struct ptb_bitmap *dst)
 {
-	unsigned long *merged;
 	int r = ptb_bitmap_check_idle(pd, "merge", dst);
 
 	if (r)
 		return r;
-	merged = ptb_bits_alloc(dst->nr_bits, GFP_KERNEL);
-	if (!merged)
-		return -ENOMEM;
-	bitmap_copy(merged, dst->bits, dst->nr_bits);
-	ptb_bits_merge(src, dst, merged);
+	/*
+	 * With writes held nothing else sets dst's bits, and a commit that
+	 * copies its blocks meanwhile sees them merged or is overwritten.
+	 */
+	ptb_hold_writes(pd);
+	ptb_bits_merge(src, dst, dst->bits);
+	if (READ_ONCE(src->inconsistent))
+		WRITE_ONCE(dst->inconsistent, true);
 	if (dst->slot >= 0 && !ptb_metadata_failed(pd->pmd)) {
-		r = ptb_metadata_store_bits(pd->pmd, dst->slot, merged);
+		r = ptb_metadata_store_bits(pd->pmd, dst->slot, dst->bits);
 		r = r ? r : ptb_bitmap_commit(pd, "merge", dst);
 		if (r)
 			ptb_bitmaps_lost_tracking(pd);
 	}
-	if (!r) {
-		/* Only sets bits: concurrent marking stays correct. */
-		bitmap_or(dst->bits, dst->bits, merged, dst->nr_bits);
-		if (READ_ONCE(src->inconsistent))
-			WRITE_ONCE(dst->inconsistent, true);
-	}
-	kvfree(merged);
+	ptb_release_writes(pd);
 	return r;
 }
 
@@ -767,12 +854,15 @@ int ptb_bitmap_save(const struct ptb_bitmap *b, struct ptb_bitmap_copy *c)
 	c->nr_bits = b->nr_bits;
 	c->enabled = READ_ONCE(b->enabled);
 	c->persistent = b->slot >= 0;
+	c->inconsistent = READ_ONCE(b->inconsistent);
 	return 0;
 }
 
 /*
  * Put a saved bitmap back, adding it again if it was removed.  Writes are
- * held by the caller, so the saved bits plus nothing are exact.
+ * held by the caller, so the saved bits plus nothing are exact.  A bitmap
+ * added again with another size (a transient one, after a reload) gets
+ * every granule beyond the saved ones marked: over-report, never under.
  */
 int ptb_bitmap_restore(struct ptb_target *pt, const struct ptb_bitmap_copy *c)
 {
@@ -787,10 +877,12 @@ int ptb_bitmap_restore(struct ptb_target *pt, const struct ptb_bitmap_copy *c)
 			return r;
 		b = ptb_bitmap_find(pd, c->name);
 	}
-	if (b->nr_bits != c->nr_bits)
-		return -EINVAL;
 	flush_delayed_work(&pd->marker);
-	bitmap_copy(b->bits, c->bits, b->nr_bits);
+	bitmap_copy(b->bits, c->bits, min(b->nr_bits, c->nr_bits));
+	if (b->nr_bits > c->nr_bits)
+		bitmap_set(b->bits, c->nr_bits, b->nr_bits - c->nr_bits);
+	WRITE_ONCE(b->inconsistent, c->inconsistent ||
+		   (b->slot >= 0 && ptb_metadata_failed(pd->pmd)));
 	if (b->slot < 0 || ptb_metadata_failed(pd->pmd))
 		return 0;
 	r = ptb_metadata_store_bits(pd->pmd, b->slot, b->bits);

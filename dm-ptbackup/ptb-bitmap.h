@@ -81,6 +81,7 @@ struct ptb_bitmap_copy {
 	unsigned long nr_bits;
 	bool enabled;
 	bool persistent;
+	bool inconsistent;
 	unsigned long *bits;		/* NULL: nothing saved */
 };
 

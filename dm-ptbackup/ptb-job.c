@@ -216,6 +216,7 @@ static int ptb_job_check_bitmap(struct ptb_target *pt,
 {
 	const char *name = ptb_device_name(pt->pd);
 	struct ptb_bitmap *b;
+	struct ptb_job *busy;
 
 	if (!p->bitmap) {
 		if (p->sync == PTB_SYNC_INCREMENTAL) {
@@ -235,9 +236,10 @@ static int ptb_job_check_bitmap(struct ptb_target *pt,
 		DMERR("%s: backup start %s: no bitmap `%s'", name, p->id, p->bitmap);
 		return -ENOENT;
 	}
-	if (b->busy) {
+	busy = READ_ONCE(b->busy);
+	if (busy) {
 		DMERR("%s: backup start %s: bitmap %s is in use by job %s", name,
-		      p->id, b->name, b->busy->id);
+		      p->id, b->name, busy->id);
 		return -EBUSY;
 	}
 	if (p->sync == PTB_SYNC_INCREMENTAL && READ_ONCE(b->inconsistent)) {
@@ -259,10 +261,14 @@ static void ptb_job_finalize(struct work_struct *ws)
 	struct ptb_job *job = container_of(ws, struct ptb_job, finalize_work);
 	struct ptb_device *pd = job->pd;
 	bool success = job->finalize_success;
+	/* A transaction undoing this job holds writes for it. */
+	bool lent = READ_ONCE(pd->hold_lent) == job;
 
-	ptb_hold_writes(pd);
+	if (!lent)
+		ptb_hold_writes(pd);
 	ptb_bitmap_thaw(pd, job->bitmap, job, success);
-	ptb_release_writes(pd);
+	if (!lent)
+		ptb_release_writes(pd);
 	if (success &&
 	    ptb_job_transition(job, PTB_ACTIVE_STATES, PTB_JOB_COMPLETED))
 		ptb_job_log_completion(job);

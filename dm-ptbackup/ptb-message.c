@@ -534,6 +534,7 @@ struct ptb_txn_elem {
 	char **argv;
 	struct ptb_job_params p;	/* backup start */
 	struct ptb_bitmap_copy saved;	/* clear, merge, remove */
+	bool was_enabled;		/* enable, disable */
 };
 
 /* Names whose state the transaction changes; the latest entry wins. */
@@ -680,6 +681,11 @@ static int ptb_txn_apply(struct ptb_target *pt, struct ptb_txn_elem *e)
 
 	if (e->h->kind == PTB_MSG_BACKUP_START)
 		return ptb_job_start(pt, &e->p);
+	if (e->h->kind == PTB_MSG_BITMAP_ENABLE || e->h->kind == PTB_MSG_BITMAP_DISABLE) {
+		b = ptb_bitmap_find(pt->pd, e->argv[0]);
+		if (b)
+			e->was_enabled = READ_ONCE(b->enabled);
+	}
 	if (b) {
 		r = ptb_bitmap_save(b, &e->saved);
 		if (r)
@@ -716,17 +722,19 @@ static void ptb_txn_undo(struct ptb_target *pt, struct ptb_txn_elem *elems,
 		case PTB_MSG_BITMAP_ENABLE:
 		case PTB_MSG_BITMAP_DISABLE:
 			if (b)
-				ptb_bitmap_enable(pd, b,
-						  e->h->kind == PTB_MSG_BITMAP_DISABLE);
+				ptb_bitmap_enable(pd, b, e->was_enabled);
 			break;
 		case PTB_MSG_BACKUP_START:
 			job = ptb_job_find(pd, e->p.id);
 			if (job) {
-				/* A finishing job takes the hold: let go first. */
-				ptb_release_writes(pd);
+				/*
+				 * Its bitmap hand-over would take the hold:
+				 * lend it ours, so no write slips in.
+				 */
+				WRITE_ONCE(pd->hold_lent, job);
 				ptb_job_cancel(job);
 				ptb_job_dismiss(job);
-				ptb_hold_writes(pd);
+				WRITE_ONCE(pd->hold_lent, NULL);
 			}
 			break;
 		default:

@@ -605,7 +605,10 @@ int ptb_metadata_copy_block(struct ptb_metadata *pmd, unsigned int slot,
 	int r = -EIO;
 
 	mutex_lock(&pmd->lock);
-	if (pmd->failed || index >= s->nr_blocks)
+	if (pmd->failed)
+		goto out;
+	r = 0;
+	if (index >= s->nr_blocks)	/* the slot was freed meanwhile */
 		goto out;
 	data = dm_bufio_new(pmd->bufio, s->first_block + index, &buf);
 	if (IS_ERR(data)) {
@@ -617,6 +620,29 @@ int ptb_metadata_copy_block(struct ptb_metadata *pmd, unsigned int slot,
 	dm_bufio_mark_buffer_dirty(buf);
 	dm_bufio_release(buf);
 	r = 0;
+out:
+	mutex_unlock(&pmd->lock);
+	return r;
+}
+
+/* Cover a new device size; only while no bitmap exists. */
+int ptb_metadata_resize(struct ptb_metadata *pmd, sector_t dev_sectors)
+{
+	unsigned int i;
+	int r = -EIO;
+
+	mutex_lock(&pmd->lock);
+	if (pmd->failed)
+		goto out;
+	r = -EBUSY;
+	for (i = 0; i < PTB_MAX_PERSISTENT_BITMAPS; i++)
+		if (pmd->slots[i].used || pmd->committed[i].used)
+			goto out;
+	pmd->dev_sectors = dev_sectors;
+	pmd->region_shift = ptb_md_region_shift_for(dev_sectors);
+	r = ptb_md_write_superblock(pmd);
+	if (r)
+		ptb_md_fail(pmd, "commit", r);
 out:
 	mutex_unlock(&pmd->lock);
 	return r;

@@ -41,6 +41,8 @@ void ptb_metadata_close(struct ptb_metadata *pmd);
 
 bool ptb_metadata_failed(struct ptb_metadata *pmd);
 sector_t ptb_metadata_dev_sectors(struct ptb_metadata *pmd);
+/* Cover a new device size: -EBUSY while any bitmap exists. */
+int ptb_metadata_resize(struct ptb_metadata *pmd, sector_t dev_sectors);
 
 /* Slot i holds a bitmap?  Fills *b.  Slots are stable for a bitmap's life. */
 bool ptb_metadata_get_bitmap(struct ptb_metadata *pmd, unsigned int slot,

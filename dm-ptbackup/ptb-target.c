@@ -129,10 +129,9 @@ static int ptb_device_attach_metadata(struct ptb_device *pd,
 	pd->metadata_dev = dev;
 	r = ptb_bitmaps_load(pd, error);
 	if (r) {
-		ptb_bitmaps_exit(pd);
 		ptb_metadata_close(pd->pmd);
 		pd->pmd = NULL;
-		ptb_bitmaps_init(pd);
+		pd->metadata_dev = 0;
 	}
 	return r;
 }

@@ -193,6 +193,7 @@ struct ptb_device {
 	struct mutex hold_lock;		/* one hold at a time */
 	struct task_struct *hold_owner;	/* under hold_lock */
 	unsigned int hold_depth;
+	struct ptb_job *hold_lent;	/* finalizes under its owner's hold */
 	atomic_t writes_in_flight;
 	int hold_writes;		/* smp_load_acquire/smp_store_release */
 	wait_queue_head_t writes_drained;

@@ -5,7 +5,7 @@
 need_root
 need_cmd dmsetup
 
-tap_plan 16
+tap_plan 21
 origin=$(make_loop 16)
 meta=$(make_loop 4)
 t1=$(make_loop 16) t2=$(make_loop 16) busy=$(make_loop 16)
@@ -59,4 +59,23 @@ txrefuse "clear, merge and remove are undone" "undoing the earlier ones" \
 	bitmap clear b \; bitmap merge b e \; bitmap clear e \; bitmap remove e \; \
 	bitmap remove b \; bitmap add b \; backup start y "$busy"
 tap_eq "and the bits are as before" "$dumps_before" "$(dumps)"
+
+# Enabling an enabled bitmap, then failing: it stays enabled.
+txrefuse "undo leaves an enabled bitmap enabled" "undoing the earlier ones" \
+	bitmap enable b \; backup start y "$busy"
+# A job on a cleared bitmap is undone before the clear, under the same
+# hold (its bitmap hand-over must not wait for it), while fio writes.
+fio --output=/dev/null --filename=/dev/mapper/$dev --direct=1 --name=w \
+	--ioengine=libaio --iodepth=4 --rw=randwrite --bs=4k --time_based \
+	--runtime=30 --offset=8M --size=4M &
+fio_pid=$!
+sleep 2
+dmesg_mark
+dm_msg $dev transaction bitmap clear b \; backup start y2 "$t2" sync=incremental bitmap=b \; \
+	backup start y "$busy" 2>/dev/null
+tap_eq "the job was started, then cancelled by the undo" 1 "$(dmesg_since | grep -c 'job y2 cancelled')"
+tap_eq "and is gone" "" "$(dm_msg $dev job list | grep -w y2)"
+tap_eq "its bitmap is idle again, not cleared" "idle 1" \
+	"$(dm_msg $dev bitmap list | awk '$1 == "b" { print $5, ($6 >= 524288) }')"
+kill $fio_pid; wait $fio_pid 2>/dev/null
 tap_done

@@ -10,7 +10,7 @@ need_cmd dmsetup
 
 MIB=1048576
 REGION=$((4 * MIB))	# 64 MiB origin: 16 intent regions of 4 MiB
-tap_plan 10
+tap_plan 15
 origin=$(make_loop 64)
 mdisk=$(make_loop 4)
 sz=$(dev_sectors "$origin")
@@ -86,5 +86,47 @@ write4k $((40 * MIB))
 tap_eq "a failed intent write puts the metadata in fail mode" fail \
 	"$(dm_status_field ptb_int 3)"
 restore_metadata
+dmsetup remove ptb_int
+
+# 5. A reload that attaches metadata (with a log left by a crash) to a live
+#    device that already has a transient bitmap.
+meta2=$(make_loop 4)
+dm_create ptb_imeta2 "0 $msz linear $meta2 0"
+dmsetup create ptb_int --table "0 $sz ptbackup $origin /dev/mapper/ptb_imeta2 128"
+dm_msg ptb_int bitmap add p
+write4k $((36 * MIB))
+dmsetup reload ptb_imeta2 --table "0 $msz flakey $meta2 0 0 1000 1 drop_writes" &&
+	dmsetup suspend ptb_imeta2 && dmsetup resume ptb_imeta2
+dmsetup remove ptb_int
+dmsetup reload ptb_imeta2 --table "0 $msz linear $meta2 0" &&
+	dmsetup suspend ptb_imeta2 && dmsetup resume ptb_imeta2
+dmsetup create ptb_int --table "0 $sz ptbackup $origin - 128"
+dm_msg ptb_int bitmap add t
+write4k $((50 * MIB))
+dmesg_mark
+dmsetup reload ptb_int --table "0 $sz ptbackup $origin /dev/mapper/ptb_imeta2 128" &&
+	dmsetup resume ptb_int
+tap_eq "metadata attached by a reload replays its log" 1 \
+	"$(dmesg_since | grep -c 'unclean shutdown: 1 of 16')"
+tap_eq "the transient bitmap is kept, the persistent one loaded" "t transient p persistent" \
+	"$(dm_msg ptb_int bitmap list | awk '{ printf "%s%s %s", NR > 1 ? " " : "", $1, $4 }')"
+tap_eq "the persistent one has the logged region" "$((9 * REGION)) $REGION" \
+	"$(dm_msg ptb_int bitmap dump p | tr '\n' ' ' | sed 's/ $//')"
+dmsetup remove ptb_int
+
+# 6. The device grows while its metadata holds no bitmap: a bitmap added
+#    afterwards covers the new size.
+meta3=$(make_loop 4)
+big=$(make_loop 96)
+dmsetup create ptb_int --table "0 $sz ptbackup $big $meta3 128"
+dmsetup reload ptb_int --table "0 $((sz * 3 / 2)) ptbackup $big $meta3 128" &&
+	dmsetup resume ptb_int
+dm_msg ptb_int bitmap add g
+write4k $((80 * MIB))
+tap_eq "a bitmap added after the device grew covers it" "$((80 * MIB)) 65536" \
+	"$(dm_msg ptb_int bitmap dump g | tr '\n' ' ' | sed 's/ $//')"
+dmsetup remove ptb_int
+tap_check "and the grown device is set up again" \
+	dmsetup create ptb_int --table "0 $((sz * 3 / 2)) ptbackup $big $meta3 128"
 dmsetup remove ptb_int
 tap_done
