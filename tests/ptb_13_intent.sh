@@ -109,7 +109,7 @@ dmsetup reload ptb_int --table "0 $sz ptbackup $origin /dev/mapper/ptb_imeta2 12
 tap_eq "metadata attached by a reload replays its log" 1 \
 	"$(dmesg_since | grep -c 'unclean shutdown: 1 of 16')"
 tap_eq "the transient bitmap is kept, the persistent one loaded" "t transient p persistent" \
-	"$(dm_msg ptb_int bitmap list | awk '{ printf "%s%s %s", NR > 1 ? " " : "", $1, $4 }')"
+	"$(dm_msg ptb_int bitmap list | awk '{ print $1, $4 }' | tr '\n' ' ' | sed 's/ $//')"
 tap_eq "the persistent one has the logged region" "$((9 * REGION)) $REGION" \
 	"$(dm_msg ptb_int bitmap dump p | tr '\n' ' ' | sed 's/ $//')"
 dmsetup remove ptb_int
