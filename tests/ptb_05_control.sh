@@ -18,7 +18,7 @@ done_bytes() { ptb_job_field $dev j done; }
 now() { date +%s.%N; }
 
 ev0=$(events)
-dm_msg $dev backup start j "$target" speed=2M
+dm_msg $dev backup start j "$target" speed=1M
 ev1=$(events)
 tap_eq "an event when the job starts" 1 $((ev1 > ev0))
 
@@ -35,10 +35,11 @@ check_rate() {
 	tap_eq "$1" 1 "$(echo "r = $rate; r >= $2 * 0.75 && r <= $2 * 1.25" | bc)"
 }
 
-check_rate "speed=2M limits the rate to within 25%" 2097152 4
-tap_check "set_speed 4M" dm_msg $dev job set_speed j 4M
-tap_eq "status shows the new speed" 4194304 "$(ptb_job_field $dev j speed)"
-check_rate "set_speed 4M limits the rate to within 25%" 4194304 3
+# Rates low enough for a debug kernel on a busy machine to reach them.
+check_rate "speed=1M limits the rate to within 25%" 1048576 4
+tap_check "set_speed 2M" dm_msg $dev job set_speed j 2M
+tap_eq "status shows the new speed" 2097152 "$(ptb_job_field $dev j speed)"
+check_rate "set_speed 2M limits the rate to within 25%" 2097152 3
 # Slow down so that the job is still running for the rest of the test.
 dm_msg $dev job set_speed j 256K
 
