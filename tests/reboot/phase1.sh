@@ -1,8 +1,11 @@
 #!/bin/bash
 # Reboot persistence, first boot: a ptbackup device whose origin and
 # metadata live in image files on the host share (/out/reboot), some
-# writes, a few bitmaps in different states; the expected state is saved
-# and the guest then powers off without tearing anything down.
+# writes, a few bitmaps in different states.  A suspend and resume (what a
+# clean shutdown does) commits their exact bits; the expected state is
+# saved.  Then a writer keeps writing into intent region 1 (4-8 MiB) while
+# the guest powers off without tearing anything down: an unclean shutdown
+# that the second boot must notice.
 set -u
 export DM_DISABLE_UDEV=1
 d=/out/reboot
@@ -17,7 +20,11 @@ dmsetup message ptb_rb 0 bitmap add t transient
 for c in 3 4 17 250; do
 	dd if=/dev/urandom of=/dev/mapper/ptb_rb bs=64k seek=$c count=1 oflag=direct status=none
 done
-dmsetup message ptb_rb 0 bitmap list | grep -v '^t ' > $d/list.expected
-dmsetup message ptb_rb 0 bitmap dump a > $d/dump.expected
+dmsetup suspend ptb_rb && dmsetup resume ptb_rb || exit 1
+dmsetup message ptb_rb 0 bitmap list | grep -v '^t ' > $d/list.clean
+dmsetup message ptb_rb 0 bitmap dump a > $d/dump.clean
 sync
+w() { dd if=/dev/zero of=/dev/mapper/ptb_rb bs=64k seek=100 count=1 oflag=direct status=none; }
+w || exit 1
+(for _ in $(seq 1000); do w; sleep 0.05; done) &
 echo "phase1 done"
