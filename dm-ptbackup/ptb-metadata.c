@@ -219,6 +219,17 @@ static void ptb_md_pack(struct ptb_metadata *pmd, struct ptb_disk_superblock *sb
 	sb->csum = cpu_to_le32(ptb_md_csum(sb));
 }
 
+/*
+ * Write every dirty block, then flush the device's cache: when this
+ * returns 0 they are durable.
+ */
+static int ptb_md_write_durable(struct ptb_metadata *pmd)
+{
+	int r = dm_bufio_write_dirty_buffers(pmd->bufio);
+
+	return r ? r : dm_bufio_issue_flush(pmd->bufio);
+}
+
 static int ptb_md_write_superblock(struct ptb_metadata *pmd)
 {
 	unsigned int copy = pmd->active_sb ^ 1;
@@ -233,9 +244,7 @@ static int ptb_md_write_superblock(struct ptb_metadata *pmd)
 	dm_bufio_mark_buffer_dirty(buf);
 	dm_bufio_release(buf);
 
-	r = dm_bufio_write_dirty_buffers(pmd->bufio);
-	if (!r)
-		r = dm_bufio_issue_flush(pmd->bufio);
+	r = ptb_md_write_durable(pmd);
 	if (r)
 		return r;
 	pmd->active_sb = copy;
@@ -702,9 +711,7 @@ int ptb_metadata_write_intent(struct ptb_metadata *pmd,
 	ptb_md_fill_block(data, regions, 0, ptb_metadata_nr_regions(pmd));
 	dm_bufio_mark_buffer_dirty(buf);
 	dm_bufio_release(buf);
-	r = dm_bufio_write_dirty_buffers(pmd->bufio);
-	if (!r)
-		r = dm_bufio_issue_flush(pmd->bufio);
+	r = ptb_md_write_durable(pmd);
 	if (r)
 		ptb_md_fail(pmd, "intent write", r);
 out:
@@ -736,9 +743,7 @@ int ptb_metadata_commit(struct ptb_metadata *pmd)
 		r = -EIO;
 		goto out;
 	}
-	r = dm_bufio_write_dirty_buffers(pmd->bufio);
-	if (!r)
-		r = dm_bufio_issue_flush(pmd->bufio);
+	r = ptb_md_write_durable(pmd);
 	if (!r && pmd->table_dirty)
 		r = ptb_md_write_superblock(pmd);
 	if (r)
