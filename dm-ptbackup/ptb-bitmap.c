@@ -5,6 +5,7 @@
  * messages, and the hand-over between a bitmap and the job that uses it.
  */
 
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 
 #include "ptb-bitmap.h"
@@ -305,44 +306,44 @@ void ptb_bitmaps_quiesce(struct ptb_device *pd)
  * After an unclean shutdown the intent log names the regions that may hold
  * writes the bitmaps do not: mark them dirty in every persistent bitmap.
  */
-static void ptb_bitmap_mark_region(struct ptb_device *pd, struct ptb_bitmap *b,
-				   unsigned long r)
+static void ptb_bitmap_mark_region(struct ptb_tracking_load *ld,
+				   struct ptb_bitmap *b, unsigned long r)
 {
-	sector_t dev = ptb_metadata_dev_sectors(pd->pmd);
-	sector_t start = (sector_t)r << pd->region_shift;
-	sector_t end = r == pd->nr_regions - 1 ? dev :
-		min_t(sector_t, dev, (sector_t)(r + 1) << pd->region_shift);
+	sector_t dev = ptb_metadata_dev_sectors(ld->pmd);
+	sector_t start = (sector_t)r << ld->region_shift;
+	sector_t end = r == ld->nr_regions - 1 ? dev :
+		min_t(sector_t, dev, (sector_t)(r + 1) << ld->region_shift);
 	unsigned long first, last;
 
 	if (start < end && ptb_bitmap_range(b, start, end - start, &first, &last))
 		bitmap_set(b->bits, first, last - first + 1);
 }
 
-static int ptb_intent_recover(struct ptb_device *pd, struct list_head *bitmaps)
+static int ptb_intent_recover(struct ptb_tracking_load *ld, const char *name)
 {
-	unsigned long n = pd->nr_regions, r;
+	unsigned long n = ld->nr_regions, r;
 	struct ptb_bitmap *b;
 	int err;
 
-	err = ptb_metadata_load_intent(pd->pmd, pd->intent_disk);
-	if (err || bitmap_empty(pd->intent_disk, n))
+	err = ptb_metadata_load_intent(ld->pmd, ld->intent_disk);
+	if (err || bitmap_empty(ld->intent_disk, n))
 		return err;
-	list_for_each_entry(b, bitmaps, node) {
-		for_each_set_bit(r, pd->intent_disk, n)
-			ptb_bitmap_mark_region(pd, b, r);
-		err = ptb_metadata_store_bits(pd->pmd, b->slot, b->bits);
+	list_for_each_entry(b, &ld->bitmaps, node) {
+		for_each_set_bit(r, ld->intent_disk, n)
+			ptb_bitmap_mark_region(ld, b, r);
+		err = ptb_metadata_store_bits(ld->pmd, b->slot, b->bits);
 		if (err)
 			return err;
 	}
-	err = ptb_metadata_commit(pd->pmd);
+	err = ptb_metadata_commit(ld->pmd);
 	if (err)
 		return err;
 	DMWARN("%s: unclean shutdown: %u of %lu intent regions (%llu KiB each) %s",
-	       ptb_device_name(pd), bitmap_weight(pd->intent_disk, n), n,
-	       (1ULL << pd->region_shift) >> 1,
+	       name, bitmap_weight(ld->intent_disk, n), n,
+	       (1ULL << ld->region_shift) >> 1,
 	       "marked dirty in every persistent bitmap");
-	bitmap_zero(pd->intent_disk, n);
-	return ptb_metadata_write_intent(pd->pmd, pd->intent_disk);
+	bitmap_zero(ld->intent_disk, n);
+	return ptb_metadata_write_intent(ld->pmd, ld->intent_disk);
 }
 
 /*----------------------------------------------------------------*/
@@ -422,31 +423,22 @@ static void ptb_bitmap_publish(struct ptb_device *pd, struct ptb_bitmap *b)
 	pd->nr_bitmaps++;
 }
 
-/* Load the persistent bitmaps when the metadata is opened. */
 /*
  * Allocate the intent log's in-core bitmaps, all clear, for as many regions
  * as the log can hold, so that a resize never reallocates them.
  */
-static int ptb_intent_alloc(struct ptb_device *pd)
+static int ptb_intent_alloc(struct ptb_tracking_load *ld)
 {
 	unsigned long n = PTB_MD_BITS_PER_BLOCK;
-	unsigned long *v[4];
-	unsigned int i;
 
-	for (i = 0; i < ARRAY_SIZE(v); i++)
-		v[i] = ptb_bits_alloc(n, GFP_KERNEL);
-	if (!v[0] || !v[1] || !v[2] || !v[3]) {
-		for (i = 0; i < ARRAY_SIZE(v); i++)
-			kvfree(v[i]);
+	ld->intent = ptb_bits_alloc(n, GFP_KERNEL);
+	ld->touched = ptb_bits_alloc(n, GFP_KERNEL);
+	ld->intent_disk = ptb_bits_alloc(n, GFP_KERNEL);
+	ld->intent_clearing = ptb_bits_alloc(n, GFP_KERNEL);
+	if (!ld->intent || !ld->touched || !ld->intent_disk || !ld->intent_clearing)
 		return -ENOMEM;
-	}
-	ptb_intent_free(pd);
-	pd->intent = v[0];
-	pd->touched = v[1];
-	pd->intent_disk = v[2];
-	pd->intent_clearing = v[3];
-	pd->region_shift = ptb_metadata_region_shift(pd->pmd);
-	pd->nr_regions = ptb_metadata_nr_regions(pd->pmd);
+	ld->region_shift = ptb_metadata_region_shift(ld->pmd);
+	ld->nr_regions = ptb_metadata_nr_regions(ld->pmd);
 	return 0;
 }
 
@@ -474,6 +466,64 @@ static int ptb_bitmaps_resize(struct ptb_device *pd, sector_t dev_sectors)
 	return r;
 }
 
+/*
+ * A transient bitmap grows to nr_bits: its new granules are dirty (that
+ * area was never backed up), in its successor too if it is busy.  The
+ * device is suspended (preresume), so no write is being marked; readers of
+ * the old arrays under RCU (status, the marker) are waited for.
+ */
+static int ptb_bitmap_grow(struct ptb_bitmap *b, unsigned long nr_bits)
+{
+	unsigned long *old = b->bits, *old_succ = rcu_dereference_protected(b->succ, true);
+	unsigned long *bits, *succ = NULL;
+	unsigned int noio = memalloc_noio_save();
+
+	bits = ptb_bits_alloc(nr_bits, GFP_KERNEL);
+	if (old_succ)
+		succ = ptb_bits_alloc(nr_bits, GFP_KERNEL);
+	memalloc_noio_restore(noio);
+	if (!bits || (old_succ && !succ)) {
+		kvfree(bits);
+		kvfree(succ);
+		return -ENOMEM;
+	}
+	bitmap_copy(bits, old, b->nr_bits);
+	bitmap_set(bits, b->nr_bits, nr_bits - b->nr_bits);
+	if (old_succ) {
+		bitmap_copy(succ, old_succ, b->nr_bits);
+		bitmap_set(succ, b->nr_bits, nr_bits - b->nr_bits);
+		rcu_assign_pointer(b->succ, succ);
+	}
+	WRITE_ONCE(b->bits, bits);
+	WRITE_ONCE(b->nr_bits, nr_bits);
+	synchronize_rcu();
+	kvfree(old);
+	kvfree(old_succ);
+	return 0;
+}
+
+int ptb_bitmaps_grow(struct ptb_device *pd, sector_t dev_sectors)
+{
+	struct ptb_bitmap *b;
+	unsigned long nr_bits;
+	int r;
+
+	lockdep_assert_held(&pd->lock);
+	list_for_each_entry(b, &pd->bitmaps, node) {
+		nr_bits = DIV_ROUND_UP_ULL((u64)dev_sectors << SECTOR_SHIFT,
+					   1ULL << b->gran_shift);
+		if (b->slot >= 0 || nr_bits <= b->nr_bits)
+			continue;
+		r = ptb_bitmap_grow(b, nr_bits);
+		if (r) {
+			DMERR("%s: bitmap %s: cannot grow it to the device's new size (%d)",
+			      ptb_device_name(pd), b->name, r);
+			return r;
+		}
+	}
+	return 0;
+}
+
 static bool ptb_has_persistent(struct ptb_device *pd)
 {
 	struct ptb_bitmap *b;
@@ -484,69 +534,144 @@ static bool ptb_has_persistent(struct ptb_device *pd)
 	return false;
 }
 
-/*
- * Load the persistent bitmaps when the metadata is opened, replay the
- * intent log into them, and publish them at one instant (writes held: a
- * reload may attach metadata while the device is live).  On error nothing
- * is published.
- */
-int ptb_bitmaps_load(struct ptb_device *pd, char **error)
+/* Give back everything a load holds that was not attached. */
+void ptb_tracking_unload(struct ptb_tracking_load *ld)
 {
 	struct ptb_bitmap *b, *tmp;
+
+	list_for_each_entry_safe(b, tmp, &ld->bitmaps, node) {
+		list_del(&b->node);
+		ptb_bitmap_free(b);
+	}
+	kvfree(ld->intent);
+	kvfree(ld->touched);
+	kvfree(ld->intent_disk);
+	kvfree(ld->intent_clearing);
+	if (ld->pmd)
+		ptb_metadata_close(ld->pmd);
+	kfree(ld);
+}
+
+static int ptb_tracking_load_bitmaps(struct ptb_tracking_load *ld, char **error)
+{
 	struct ptb_md_bitmap md;
-	LIST_HEAD(loaded);
+	struct ptb_bitmap *b;
 	unsigned int slot;
 	int r;
 
-	r = ptb_intent_alloc(pd);
-	if (r) {
-		*error = "Cannot allocate the intent log";
-		return r;
-	}
 	for (slot = 0; slot < PTB_MAX_PERSISTENT_BITMAPS; slot++) {
-		if (!ptb_metadata_get_bitmap(pd->pmd, slot, &md))
+		if (!ptb_metadata_get_bitmap(ld->pmd, slot, &md))
 			continue;
-		if (ptb_bitmap_find(pd, md.name)) {
-			*error = "A persistent bitmap has the name of a transient one";
-			r = -EEXIST;
-			goto bad;
-		}
 		b = ptb_bitmap_new(md.name, md.granularity_shift,
-				   ptb_metadata_dev_sectors(pd->pmd), true);
+				   ptb_metadata_dev_sectors(ld->pmd), true);
 		if (!b) {
 			*error = "Cannot allocate a bitmap";
-			r = -ENOMEM;
-			goto bad;
+			return -ENOMEM;
 		}
 		b->slot = slot;
 		b->enabled = md.enabled;
-		list_add_tail(&b->node, &loaded);
-		r = ptb_metadata_load_bits(pd->pmd, slot, b->bits);
+		list_add_tail(&b->node, &ld->bitmaps);
+		if (b->nr_bits != md.nr_bits) {
+			*error = "Metadata superblock describes an impossible bitmap (size)";
+			return -EINVAL;
+		}
+		r = ptb_metadata_load_bits(ld->pmd, slot, b->bits);
 		if (r) {
 			*error = "Cannot read a bitmap from the metadata device";
-			goto bad;
+			return r;
 		}
 	}
-	r = ptb_intent_recover(pd, &loaded);
+	return 0;
+}
+
+/*
+ * Open the metadata on bdev for a device of dev_sectors, load its
+ * persistent bitmaps and replay its intent log into them, touching no
+ * device state: ptb_tracking_attach() publishes the result (the
+ * constructor loads, preresume attaches).  name is for log lines.
+ */
+int ptb_tracking_load(struct block_device *bdev, sector_t dev_sectors,
+		      const char *name, struct ptb_tracking_load **ldp,
+		      char **error)
+{
+	struct ptb_tracking_load *ld = kzalloc(sizeof(*ld), GFP_KERNEL);
+	int r;
+
+	if (!ld) {
+		*error = "Cannot allocate the metadata state";
+		return -ENOMEM;
+	}
+	INIT_LIST_HEAD(&ld->bitmaps);
+	r = ptb_metadata_open(bdev, dev_sectors, &ld->pmd, error);
+	if (r) {
+		ld->pmd = NULL;
+		goto bad;
+	}
+	r = ptb_intent_alloc(ld);
+	if (r) {
+		*error = "Cannot allocate the intent log";
+		goto bad;
+	}
+	r = ptb_tracking_load_bitmaps(ld, error);
+	if (r)
+		goto bad;
+	r = ptb_intent_recover(ld, name);
 	if (r) {
 		*error = "Cannot replay the metadata's intent log";
 		goto bad;
 	}
+	*ldp = ld;
+	return 0;
+
+bad:
+	ptb_tracking_unload(ld);
+	return r;
+}
+
+/* Would a loaded bitmap take the name of one the device has? */
+int ptb_tracking_check_names(struct ptb_device *pd, struct ptb_tracking_load *ld,
+			     char **error)
+{
+	struct ptb_bitmap *b;
+
+	list_for_each_entry(b, &ld->bitmaps, node) {
+		if (ptb_bitmap_find(pd, b->name)) {
+			*error = "A persistent bitmap has the name of a transient one";
+			return -EEXIST;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Preresume: the device takes over the loaded metadata and publishes its
+ * bitmaps at one instant (writes held).  On success ld is consumed; on
+ * error (a name clash) nothing changed.  Caller holds pd->lock.
+ */
+int ptb_tracking_attach(struct ptb_device *pd, struct ptb_tracking_load *ld,
+			dev_t dev, char **error)
+{
+	struct ptb_bitmap *b, *tmp;
+	int r = ptb_tracking_check_names(pd, ld, error);
+
+	if (r)
+		return r;
 	ptb_hold_writes(pd);
-	list_for_each_entry_safe(b, tmp, &loaded, node) {
+	pd->pmd = ld->pmd;
+	pd->metadata_dev = dev;
+	pd->intent = ld->intent;
+	pd->touched = ld->touched;
+	pd->intent_disk = ld->intent_disk;
+	pd->intent_clearing = ld->intent_clearing;
+	pd->region_shift = ld->region_shift;
+	pd->nr_regions = ld->nr_regions;
+	list_for_each_entry_safe(b, tmp, &ld->bitmaps, node) {
 		list_del(&b->node);
 		ptb_bitmap_publish(pd, b);
 	}
 	ptb_release_writes(pd);
+	kfree(ld);
 	return 0;
-
-bad:
-	list_for_each_entry_safe(b, tmp, &loaded, node) {
-		list_del(&b->node);
-		ptb_bitmap_free(b);
-	}
-	ptb_intent_free(pd);
-	return r;
 }
 
 struct ptb_bitmap *ptb_bitmap_find(struct ptb_device *pd, const char *name)

@@ -51,7 +51,29 @@ enum ptb_bitmap_mode {
 
 int ptb_bitmaps_init(struct ptb_device *pd);
 void ptb_bitmaps_exit(struct ptb_device *pd);
-int ptb_bitmaps_load(struct ptb_device *pd, char **error);
+
+/*
+ * Metadata opened and read by a constructor, attached to the device at
+ * preresume: a table that is never resumed changes nothing.
+ */
+struct ptb_tracking_load {
+	struct ptb_metadata *pmd;
+	struct list_head bitmaps;	/* loaded, not yet published */
+	unsigned long *intent, *touched, *intent_disk, *intent_clearing;
+	unsigned int region_shift;
+	unsigned long nr_regions;
+};
+
+int ptb_tracking_load(struct block_device *bdev, sector_t dev_sectors,
+		      const char *name, struct ptb_tracking_load **ldp,
+		      char **error);				/* may sleep */
+int ptb_tracking_check_names(struct ptb_device *pd, struct ptb_tracking_load *ld,
+			     char **error);			/* pd->lock */
+int ptb_tracking_attach(struct ptb_device *pd, struct ptb_tracking_load *ld,
+			dev_t dev, char **error);		/* pd->lock */
+void ptb_tracking_unload(struct ptb_tracking_load *ld);
+/* Preresume: transient bitmaps cover a grown device.  pd->lock held. */
+int ptb_bitmaps_grow(struct ptb_device *pd, sector_t dev_sectors);
 
 /* Map path: record a write; true if it must wait for a metadata commit. */
 bool ptb_bitmaps_mark(struct ptb_device *pd, struct bio *bio);

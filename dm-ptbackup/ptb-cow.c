@@ -17,6 +17,7 @@
  */
 
 #include <linux/hash.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/vmalloc.h>
@@ -47,6 +48,7 @@ struct ptb_copy {
 	enum ptb_copy_stage stage;
 	int error;
 	bool zero;
+	bool write_zeroes;	/* the target write is a write-zeroes */
 };
 
 /*
@@ -102,6 +104,21 @@ bool ptb_write_needs_cow(struct ptb_device *pd, struct bio *bio)
 	}
 	rcu_read_unlock();
 	return needed;
+}
+
+/*
+ * Copies and final flushes in flight, from their start to the worker's
+ * last look at them: postsuspend waits until there are none.
+ */
+void ptb_io_start(struct ptb_device *pd)
+{
+	atomic_inc(&pd->io_in_flight);
+}
+
+void ptb_io_end(struct ptb_device *pd)
+{
+	if (atomic_dec_and_test(&pd->io_in_flight))
+		wake_up_all(&pd->io_idle);
 }
 
 void ptb_wake_worker(struct ptb_device *pd)
@@ -175,14 +192,13 @@ void ptb_write_done(struct ptb_device *pd, struct ptb_bio *pb)
  * flight; copies and commits make progress without the hold being lifted,
  * so this cannot deadlock.  Holds pd->hold_lock until ptb_release_writes().
  */
-void ptb_hold_writes(struct ptb_device *pd)
+static void ptb_hold_writes_locked(struct ptb_device *pd)
 {
-	/* Nested holds (a transaction's elements) are free. */
-	if (pd->hold_owner == current) {
-		pd->hold_depth++;
-		return;
-	}
-	mutex_lock(&pd->hold_lock);
+	/*
+	 * Reclaim must not write to this device while its writes are held:
+	 * every allocation until the release is GFP_NOIO.
+	 */
+	pd->hold_noio = memalloc_noio_save();
 	pd->hold_owner = current;
 	pd->hold_depth = 1;
 	spin_lock_irq(&pd->bio_lock);
@@ -193,11 +209,32 @@ void ptb_hold_writes(struct ptb_device *pd)
 	wait_event(pd->writes_drained, !atomic_read(&pd->writes_in_flight));
 }
 
+void ptb_hold_writes(struct ptb_device *pd)
+{
+	/* Nested holds (a transaction's elements) are free. */
+	if (pd->hold_owner == current) {
+		pd->hold_depth++;
+		return;
+	}
+	mutex_lock(&pd->hold_lock);
+	ptb_hold_writes_locked(pd);
+}
+
+/* Hold writes unless somebody else holds them; never nested. */
+bool ptb_try_hold_writes(struct ptb_device *pd)
+{
+	if (!mutex_trylock(&pd->hold_lock))
+		return false;
+	ptb_hold_writes_locked(pd);
+	return true;
+}
+
 void ptb_release_writes(struct ptb_device *pd)
 {
 	if (--pd->hold_depth)
 		return;
 	pd->hold_owner = NULL;
+	memalloc_noio_restore(pd->hold_noio);
 	spin_lock_irq(&pd->bio_lock);
 	/* Release: the new job is published before writes see no hold. */
 	smp_store_release(&pd->hold_writes, 0);
@@ -233,17 +270,20 @@ bool ptb_copy_in_flight(struct ptb_job *job, unsigned long chunk)
 	return !!ptb_copy_find(job, chunk);
 }
 
+/* The RCU read section keeps pd alive until it returns (ptb_cow_exit()). */
 static void ptb_copy_io_done(unsigned long error, void *context)
 {
 	struct ptb_copy *c = context;
 	struct ptb_device *pd = c->job->pd;
 	unsigned long flags;
 
+	rcu_read_lock();
 	c->error = error ? -EIO : 0;
 	spin_lock_irqsave(&pd->bio_lock, flags);
 	list_add_tail(&c->list, &pd->completed_copies);
 	spin_unlock_irqrestore(&pd->bio_lock, flags);
 	ptb_wake_worker(pd);
+	rcu_read_unlock();
 }
 
 static void ptb_copy_submit(struct ptb_copy *c, blk_opf_t opf,
@@ -279,17 +319,22 @@ static void ptb_copy_read(struct ptb_copy *c)
 	ptb_copy_submit(c, REQ_OP_READ, job->origin);
 }
 
+/*
+ * All-zero chunks go out as write-zeroes where the target offers it; if
+ * the target rejects one, the chunk is written as data and the job stops
+ * using write-zeroes (ptb_copy_advance()).
+ */
 static void ptb_copy_write(struct ptb_copy *c)
 {
 	struct ptb_job *job = c->job;
 	struct block_device *target = job->target.bdev;
-	blk_opf_t op = REQ_OP_WRITE;
 
 	c->zero = !memchr_inv(c->buf, 0, c->len << SECTOR_SHIFT);
-	if (c->zero && bdev_write_zeroes_sectors(target))
-		op = REQ_OP_WRITE_ZEROES;
+	c->write_zeroes = c->zero && !job->no_write_zeroes &&
+			  bdev_write_zeroes_sectors(target);
 	c->stage = PTB_COPY_WRITING;
-	ptb_copy_submit(c, op, target);
+	ptb_copy_submit(c, c->write_zeroes ? REQ_OP_WRITE_ZEROES : REQ_OP_WRITE,
+			target);
 }
 
 /*
@@ -321,7 +366,9 @@ static struct ptb_copy *ptb_copy_get(struct ptb_job *job, unsigned long chunk)
 	bio_list_init(&c->waiters);
 	c->error = 0;
 	c->zero = false;
+	c->write_zeroes = false;
 	c->stage = PTB_COPY_QUEUED;
+	ptb_io_start(pd);
 	hash_add(pd->copies, &c->hnode, ptb_copy_key(job, chunk));
 	job->copies_in_flight++;
 
@@ -361,6 +408,7 @@ static void ptb_copy_finish(struct ptb_copy *c)
 	job->slot_buf[job->free_slots++] = c->buf;
 	job->copies_in_flight--;
 	mempool_free(c, &pd->copy_pool);
+	ptb_io_end(pd);
 
 	next = list_first_entry_or_null(&job->slot_waiters, struct ptb_copy, list);
 	if (next) {
@@ -388,8 +436,7 @@ static void ptb_copy_failed(struct ptb_copy *c, enum ptb_error_site site)
 	} else if (job->on_cbw_error == PTB_CBW_BREAK_GUEST_WRITE) {
 		DMERR_LIMIT("%s: job %s: copy of chunk %lu failed (%d), failing the write",
 			    ptb_device_name(job->pd), job->id, c->chunk, c->error);
-		job->error_site = PTB_SITE_CBW;
-		job->last_error = c->error;
+		ptb_job_record_error(job, PTB_SITE_CBW, c->error);
 		ptb_fail_bios(&c->waiters);
 	} else {
 		ptb_job_fail(job, PTB_SITE_CBW, c->error);
@@ -407,7 +454,14 @@ static void ptb_copy_advance(struct ptb_copy *c)
 			ptb_copy_write(c);
 		break;
 	case PTB_COPY_WRITING:
-		if (c->error) {
+		if (c->error && c->write_zeroes) {
+			DMWARN_LIMIT("%s: job %s: target rejected write-zeroes (%d), writing zeroes as data",
+				     ptb_device_name(c->job->pd), c->job->id, c->error);
+			c->job->no_write_zeroes = true;
+			c->error = 0;
+			c->write_zeroes = false;
+			ptb_copy_submit(c, REQ_OP_WRITE, c->job->target.bdev);
+		} else if (c->error) {
 			ptb_copy_failed(c, PTB_SITE_TARGET);
 		} else {
 			ptb_job_copy_done(c->job, c->chunk, c->len, c->zero);
@@ -537,6 +591,8 @@ int ptb_cow_init(struct ptb_device *pd)
 	INIT_LIST_HEAD(&pd->completed_copies);
 	atomic_set(&pd->writes_in_flight, 0);
 	init_waitqueue_head(&pd->writes_drained);
+	atomic_set(&pd->io_in_flight, 0);
+	init_waitqueue_head(&pd->io_idle);
 	hash_init(pd->copies);
 	INIT_WORK(&pd->worker, ptb_do_worker);
 	INIT_DELAYED_WORK(&pd->waker, ptb_do_waker);
@@ -569,6 +625,8 @@ bad_io_client:
 /* All jobs are released: no copies, no deferred bios. */
 void ptb_cow_exit(struct ptb_device *pd)
 {
+	/* I/O completions still returning (ptb_copy_io_done()). */
+	synchronize_rcu();
 	flush_workqueue(pd->wq);
 	cancel_delayed_work_sync(&pd->waker);
 	destroy_workqueue(pd->wq);

@@ -2,12 +2,32 @@
 /*
  * dm-ptbackup jobs: creation with its point in time, the state machine, the
  * background sweep of sync=full jobs with its rate limit, error policies,
- * the final flush, and release of a finished job's resources.
+ * the final flush, the bitmap hand-over and release of a finished job.
  *
- * States:  running <-> paused  ->  completed | cancelled | failed
- * Active (running or paused) jobs protect their uncopied chunks; a paused
- * job only stops its background sweep.  Transitions use cmpxchg because
- * messages (pause, resume, cancel) and the worker (errors, completion) race.
+ *   running <--> paused           (pause, resume; the "stop" error policy)
+ *      |
+ *      | all chunks copied, no copy in flight (worker)
+ *      v
+ *   flushing --flush ok, no bitmap-------------------------> completed
+ *      |  flush ok, a bitmap
+ *      v
+ *   handing-over --bitmap handed back (success)------------> completed
+ *
+ *   running, paused, flushing --cancel--> cancelling --> cancelled
+ *   running, paused, flushing --error---> failing ----> failed
+ *
+ * Cancelling and failing jobs wait for their copies and flush in flight,
+ * hand their bitmap back as a failure, then release their buffers and
+ * target (worker), which makes them cancelled or failed.  A handing-over
+ * job can no longer be cancelled: its backup is complete and its bitmap
+ * is being reset.  A flush error under the "ignore" policy goes back to
+ * running (the flush is retried), under "stop" to paused.
+ *
+ * Transitions use cmpxchg: messages (pause, resume, cancel), the worker
+ * (errors, completion) and the hand-over race.  The hand-over runs with
+ * writes held, in handover_work, or directly in a transaction's undo, which
+ * already holds them (ptb_job_undo_start()); handover_work only tries to
+ * take the hold, so it never waits for a transaction that waits for it.
  */
 
 #include <linux/ktime.h>
@@ -23,11 +43,20 @@
 #define PTB_RETRY_DELAY		(HZ / 10)
 #define PTB_RATE_BURST_NS	(50 * NSEC_PER_MSEC)
 
-#define PTB_ACTIVE_STATES	(BIT(PTB_JOB_RUNNING) | BIT(PTB_JOB_PAUSED))
+#define PTB_ACTIVE_STATES	(BIT(PTB_JOB_RUNNING) | BIT(PTB_JOB_PAUSED) | \
+				 BIT(PTB_JOB_FLUSHING) | BIT(PTB_JOB_HANDING_OVER))
+#define PTB_CANCELLABLE_STATES	(BIT(PTB_JOB_RUNNING) | BIT(PTB_JOB_PAUSED) | \
+				 BIT(PTB_JOB_FLUSHING))
+#define PTB_FINAL_STATES	(BIT(PTB_JOB_COMPLETED) | BIT(PTB_JOB_CANCELLED) | \
+				 BIT(PTB_JOB_FAILED))
 
-static const char * const ptb_state_names[] = {
+static const char * const ptb_state_names[PTB_JOB_NR_STATES] = {
 	[PTB_JOB_RUNNING] = "running",
 	[PTB_JOB_PAUSED] = "paused",
+	[PTB_JOB_FLUSHING] = "running",
+	[PTB_JOB_HANDING_OVER] = "running",
+	[PTB_JOB_CANCELLING] = "cancelled",
+	[PTB_JOB_FAILING] = "failed",
 	[PTB_JOB_COMPLETED] = "completed",
 	[PTB_JOB_CANCELLED] = "cancelled",
 	[PTB_JOB_FAILED] = "failed",
@@ -41,9 +70,22 @@ static const char * const ptb_site_names[] = {
 	[PTB_SITE_FLUSH] = "flush",
 };
 
+/* For log lines: the states status shows as others have their own name. */
+static const char * const ptb_state_log_names[PTB_JOB_NR_STATES] = {
+	[PTB_JOB_FLUSHING] = "flushing its target",
+	[PTB_JOB_HANDING_OVER] = "completing (handing its bitmap over)",
+	[PTB_JOB_CANCELLING] = "being cancelled",
+	[PTB_JOB_FAILING] = "failing",
+};
+
 const char *ptb_job_state_name(enum ptb_job_state s)
 {
 	return ptb_state_names[s];
+}
+
+const char *ptb_job_state_log_name(enum ptb_job_state s)
+{
+	return ptb_state_log_names[s] ?: ptb_state_names[s];
 }
 
 static const char * const ptb_sync_names[] = {
@@ -73,8 +115,9 @@ static bool ptb_job_transition(struct ptb_job *job, unsigned long from_mask,
 			return false;
 	} while (!try_cmpxchg(&job->state, &old, to));
 
-	ptb_device_event(job->pd);
-	if (!(BIT(to) & PTB_ACTIVE_STATES))
+	if (strcmp(ptb_state_names[old], ptb_state_names[to]))
+		ptb_device_event(job->pd);
+	if (!(BIT(to) & PTB_ACTIVE_STATES) || to == PTB_JOB_HANDING_OVER)
 		ptb_wake_worker(job->pd);
 	return true;
 }
@@ -252,36 +295,66 @@ static int ptb_job_check_bitmap(struct ptb_target *pt,
 }
 
 /*
- * Hand the bitmap back when the job ends, with writes held so that no
- * write falls between the bitmap and its successor.  On success the job
- * completes only now, so a completed job's bitmap is already updated.
+ * Hand the bitmap back: on success (handing-over) it becomes what
+ * bitmap_mode says, on failure (cancelling, failing: only once no copy is
+ * in flight) it keeps what was not copied.  Writes are held by the caller,
+ * so no write falls between the bitmap and its successor.  The worker then
+ * releases the job.
  */
-static void ptb_job_finalize(struct work_struct *ws)
+static void ptb_job_handover(struct ptb_job *job)
 {
-	struct ptb_job *job = container_of(ws, struct ptb_job, finalize_work);
 	struct ptb_device *pd = job->pd;
-	bool success = job->finalize_success;
-	/* A transaction undoing this job holds writes for it. */
-	bool lent = READ_ONCE(pd->hold_lent) == job;
+	int state = READ_ONCE(job->state);
 
-	if (!lent)
-		ptb_hold_writes(pd);
-	ptb_bitmap_thaw(pd, job->bitmap, job, success);
-	if (!lent)
-		ptb_release_writes(pd);
-	if (success &&
-	    ptb_job_transition(job, PTB_ACTIVE_STATES, PTB_JOB_COMPLETED))
-		ptb_job_log_completion(job);
-	WRITE_ONCE(job->finalized, true);
-	WRITE_ONCE(job->finalizing, false);
+	lockdep_assert_held(&pd->hold_lock);
+	if (!job->bitmap || !(BIT(state) & (BIT(PTB_JOB_HANDING_OVER) |
+					    BIT(PTB_JOB_CANCELLING) |
+					    BIT(PTB_JOB_FAILING))))
+		return;
+	ptb_bitmap_thaw(pd, job->bitmap, job, state == PTB_JOB_HANDING_OVER);
+	WRITE_ONCE(job->bitmap, NULL);
 	ptb_wake_worker(pd);
 }
 
-static void ptb_job_start_finalize(struct ptb_job *job, bool success)
+/*
+ * The hand-over work.  It only tries to take the write hold: a holder
+ * (another job's start, a transaction) wakes the worker when it lets go,
+ * and the worker queues this work again.
+ */
+static void ptb_job_do_handover(struct work_struct *ws)
 {
-	job->finalize_success = success;
-	WRITE_ONCE(job->finalizing, true);
-	queue_work(system_long_wq, &job->finalize_work);
+	struct ptb_job *job = container_of(ws, struct ptb_job, handover_work);
+	struct ptb_device *pd = job->pd;
+
+	if (!ptb_try_hold_writes(pd))
+		return;
+	ptb_job_handover(job);
+	ptb_release_writes(pd);
+}
+
+/*
+ * A transaction that started this job failed later: undo the start.  The
+ * transaction has held writes since before the job began, so nothing was
+ * written since its point in time: its bitmap gets back exactly the bits it
+ * had (mode never), whatever state the job reached.  Then wait until the
+ * worker has released it.  Caller owns the write hold and pd->lock.
+ */
+void ptb_job_undo_start(struct ptb_job *job)
+{
+	int old = READ_ONCE(job->state);
+
+	lockdep_assert_held(&job->pd->hold_lock);
+	do {
+		if (!(BIT(old) & PTB_ACTIVE_STATES))
+			break;
+	} while (!try_cmpxchg(&job->state, &old, PTB_JOB_CANCELLING));
+	if (job->bitmap) {
+		job->bitmap_mode = PTB_BITMAP_NEVER;
+		ptb_bitmap_thaw(job->pd, job->bitmap, job, false);
+		WRITE_ONCE(job->bitmap, NULL);
+	}
+	ptb_wake_worker(job->pd);
+	wait_for_completion(&job->finished);
 }
 
 /*
@@ -304,6 +377,11 @@ int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p)
 	if (ptb_job_find(pd, p->id)) {
 		DMERR("%s: backup start: job %s already exists", name, p->id);
 		return -EEXIST;
+	}
+	if (pd->origin_change) {
+		DMERR("%s: backup start %s: a loaded table changes the origin device: resume or clear it first",
+		      name, p->id);
+		return -EBUSY;
 	}
 	if (pd->nr_jobs >= PTB_MAX_JOBS) {
 		DMERR("%s: backup start %s: too many jobs (%u): dismiss finished ones",
@@ -334,7 +412,7 @@ int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p)
 	job->bytes_total = (u64)job->dev_sectors << SECTOR_SHIFT;
 	job->origin = pt->origin->bdev;
 	job->rate_next = ktime_get();
-	INIT_WORK(&job->finalize_work, ptb_job_finalize);
+	INIT_WORK(&job->handover_work, ptb_job_do_handover);
 	INIT_LIST_HEAD(&job->slot_waiters);
 	init_completion(&job->finished);
 	atomic64_set(&job->bytes_done, 0);
@@ -395,8 +473,7 @@ void ptb_job_copy_done(struct ptb_job *job, unsigned long chunk, sector_t len,
 		atomic64_add((u64)len << SECTOR_SHIFT, &job->zero_bytes);
 }
 
-static void ptb_job_record_error(struct ptb_job *job, enum ptb_error_site site,
-				 int err)
+void ptb_job_record_error(struct ptb_job *job, enum ptb_error_site site, int err)
 {
 	WRITE_ONCE(job->error_site, site);
 	WRITE_ONCE(job->last_error, err);
@@ -405,13 +482,15 @@ static void ptb_job_record_error(struct ptb_job *job, enum ptb_error_site site,
 void ptb_job_fail(struct ptb_job *job, enum ptb_error_site site, int err)
 {
 	ptb_job_record_error(job, site, err);
-	if (ptb_job_transition(job, PTB_ACTIVE_STATES, PTB_JOB_FAILED))
+	if (ptb_job_transition(job, PTB_CANCELLABLE_STATES, PTB_JOB_FAILING))
 		DMERR("%s: job %s failed: %s error %d",
 		      ptb_device_name(job->pd), job->id, ptb_site_names[site], err);
 }
 
-void ptb_job_error(struct ptb_job *job, enum ptb_error_site site, int err,
-		   enum ptb_error_action action)
+/* From states in from_mask: a flush error is handled from flushing. */
+static void ptb_job_error_from(struct ptb_job *job, unsigned long from_mask,
+			       enum ptb_error_site site, int err,
+			       enum ptb_error_action action)
 {
 	ptb_job_record_error(job, site, err);
 	switch (action) {
@@ -422,18 +501,23 @@ void ptb_job_error(struct ptb_job *job, enum ptb_error_site site, int err,
 		DMERR_LIMIT("%s: job %s: %s error %d, retrying",
 			    ptb_device_name(job->pd), job->id,
 			    ptb_site_names[site], err);
-		if (!job->retry_pending) {
-			job->retry_pending = true;
-			job->retry_at = jiffies + PTB_RETRY_DELAY;
-		}
+		if (!job->retry_at)
+			job->retry_at = (jiffies + PTB_RETRY_DELAY) | 1;
+		ptb_job_transition(job, from_mask, PTB_JOB_RUNNING);
 		break;
 	case PTB_ERR_STOP:
-		if (ptb_job_transition(job, BIT(PTB_JOB_RUNNING), PTB_JOB_PAUSED))
+		if (ptb_job_transition(job, from_mask, PTB_JOB_PAUSED))
 			DMERR("%s: job %s paused: %s error %d; `job resume' retries",
 			      ptb_device_name(job->pd), job->id,
 			      ptb_site_names[site], err);
 		break;
 	}
+}
+
+void ptb_job_error(struct ptb_job *job, enum ptb_error_site site, int err,
+		   enum ptb_error_action action)
+{
+	ptb_job_error_from(job, BIT(PTB_JOB_RUNNING), site, err, action);
 }
 
 /*----------------------------------------------------------------*/
@@ -497,86 +581,101 @@ static unsigned long ptb_job_sweep(struct ptb_job *job)
 	return 0;
 }
 
+/*
+ * The flush's completion.  The RCU read section keeps the job and the
+ * device alive until it returns (ptb_job_remove(), ptb_cow_exit()).
+ */
 static void ptb_job_flush_end_io(struct bio *bio)
 {
 	struct ptb_job *job = bio->bi_private;
+	struct ptb_device *pd = job->pd;
+	int r = blk_status_to_errno(bio->bi_status);
 
-	WRITE_ONCE(job->flush_result, blk_status_to_errno(bio->bi_status));
 	bio_put(bio);
-	ptb_wake_worker(job->pd);
+	rcu_read_lock();
+	WRITE_ONCE(job->flush_result, r);
+	ptb_wake_worker(pd);
+	ptb_io_end(pd);
+	rcu_read_unlock();
 }
 
+/* Every chunk is on the target: flush it before the job may complete. */
 static void ptb_job_flush(struct ptb_job *job)
 {
 	struct bio *bio;
 
+	if (!ptb_job_transition(job, BIT(PTB_JOB_RUNNING), PTB_JOB_FLUSHING))
+		return;
 	bio = bio_alloc(job->target.bdev, 0, REQ_OP_WRITE | REQ_PREFLUSH, GFP_NOIO);
 	bio->bi_end_io = ptb_job_flush_end_io;
 	bio->bi_private = job;
-	job->flushing = true;
 	WRITE_ONCE(job->flush_result, 1);
+	ptb_io_start(job->pd);
 	submit_bio(bio);
 }
 
-/* The last chunk is on the target: flush it, then complete. */
-static void ptb_job_finish_flush(struct ptb_job *job)
+/*
+ * Enter final state to from state from, then give back what the job holds;
+ * its entry stays until dismissed.  Nothing happens if the state changed
+ * meanwhile (a cancel): the worker sees the new state next time.
+ */
+static void ptb_job_release(struct ptb_job *job, enum ptb_job_state from,
+			    enum ptb_job_state to)
 {
-	int r = READ_ONCE(job->flush_result);
-
-	if (r == 1)
+	if (!ptb_job_transition(job, BIT(from), to))
 		return;
-	job->flushing = false;
-	if (r)
-		ptb_job_error(job, PTB_SITE_FLUSH, r, job->on_target_error);
-	else if (job->bitmap)
-		ptb_job_start_finalize(job, true);
-	else if (ptb_job_transition(job, BIT(PTB_JOB_RUNNING), PTB_JOB_COMPLETED))
-		ptb_job_log_completion(job);
-}
-
-/* Give back what a finished job holds; its entry stays until dismissed. */
-static void ptb_job_release(struct ptb_job *job)
-{
 	ptb_job_free_slots(job);
 	ptb_bdev_close(&job->target, job);
-	job->released = true;
+	if (to == PTB_JOB_COMPLETED)
+		ptb_job_log_completion(job);
 	complete_all(&job->finished);
 }
 
-/*
- * Advance a job: release it once finished and idle, run the sweep, notice
- * completion.  Returns 0, or the delay in jiffies after which the worker
- * should run again for this job.
- */
-unsigned long ptb_job_service(struct ptb_job *job)
+static void ptb_job_flush_done(struct ptb_job *job, int r)
 {
-	int state = READ_ONCE(job->state);
+	if (r)
+		ptb_job_error_from(job, BIT(PTB_JOB_FLUSHING), PTB_SITE_FLUSH, r,
+				   job->on_target_error);
+	else if (job->bitmap)
+		ptb_job_transition(job, BIT(PTB_JOB_FLUSHING), PTB_JOB_HANDING_OVER);
+	else
+		ptb_job_release(job, PTB_JOB_FLUSHING, PTB_JOB_COMPLETED);
+}
+
+/* A job that is ending, once its I/O is over: hand over, then release. */
+static void ptb_job_service_ending(struct ptb_job *job, enum ptb_job_state state)
+{
+	static const enum ptb_job_state final[PTB_JOB_NR_STATES] = {
+		[PTB_JOB_HANDING_OVER] = PTB_JOB_COMPLETED,
+		[PTB_JOB_CANCELLING] = PTB_JOB_CANCELLED,
+		[PTB_JOB_FAILING] = PTB_JOB_FAILED,
+	};
+
+	if (job->copies_in_flight || READ_ONCE(job->flush_result) == 1)
+		return;
+	if (READ_ONCE(job->bitmap)) {
+		/* No metadata write while the device is suspended. */
+		if (!READ_ONCE(job->pd->suspended))
+			queue_work(system_long_wq, &job->handover_work);
+		return;
+	}
+	ptb_job_release(job, state, final[state]);
+}
+
+/*
+ * Advance a running job: retries, the sweep, the final flush.  Returns 0,
+ * or the delay in jiffies after which the worker should run again.
+ */
+static unsigned long ptb_job_service_running(struct ptb_job *job)
+{
 	unsigned long delay;
 
-	if (job->released)
+	if (job->sync == PTB_SYNC_NONE || READ_ONCE(job->pd->suspended))
 		return 0;
-	if (job->flushing)
-		ptb_job_finish_flush(job);
-	if (READ_ONCE(job->finalizing))
-		return 0;
-	state = READ_ONCE(job->state);
-	if (!(BIT(state) & PTB_ACTIVE_STATES)) {
-		if (job->copies_in_flight || job->flushing)
-			return 0;
-		if (job->bitmap && !READ_ONCE(job->finalized))
-			ptb_job_start_finalize(job, false);
-		else
-			ptb_job_release(job);
-		return 0;
-	}
-	if (state != PTB_JOB_RUNNING || job->sync == PTB_SYNC_NONE ||
-	    job->flushing)
-		return 0;
-
-	if (job->retry_pending) {
+	if (job->retry_at) {
 		if (time_before(jiffies, job->retry_at))
 			return job->retry_at - jiffies;
-		job->retry_pending = false;
+		job->retry_at = 0;
 		job->cursor = 0;
 	}
 
@@ -587,20 +686,47 @@ unsigned long ptb_job_service(struct ptb_job *job)
 	if (find_first_zero_bit(job->done, job->nr_chunks) < job->nr_chunks) {
 		/* Chunks skipped while in flight, or failed: go round again. */
 		job->cursor = 0;
-		return job->retry_pending ? job->retry_at - jiffies : 1;
+		return job->retry_at ? job->retry_at - jiffies : 1;
 	}
 	ptb_job_flush(job);
 	return 0;
+}
+
+/* Advance a job (worker).  Returns 0 or a delay, as above. */
+unsigned long ptb_job_service(struct ptb_job *job)
+{
+	int state = READ_ONCE(job->state), r;
+
+	switch (state) {
+	case PTB_JOB_RUNNING:
+		return ptb_job_service_running(job);
+	case PTB_JOB_FLUSHING:
+		r = READ_ONCE(job->flush_result);
+		if (r != 1)
+			ptb_job_flush_done(job, r);
+		return 0;
+	case PTB_JOB_HANDING_OVER:
+	case PTB_JOB_CANCELLING:
+	case PTB_JOB_FAILING:
+		ptb_job_service_ending(job, state);
+		return 0;
+	default:
+		return 0;
+	}
 }
 
 /*----------------------------------------------------------------*/
 
 /* Messages.  Caller holds pd->lock. */
 
+/*
+ * Cancel a running, paused or flushing job and wait until it has released
+ * its target.  -EBUSY: it is handing over, i.e. completing.
+ */
 int ptb_job_cancel(struct ptb_job *job)
 {
-	if (!ptb_job_transition(job, PTB_ACTIVE_STATES, PTB_JOB_CANCELLED))
-		return -EINVAL;
+	if (!ptb_job_transition(job, PTB_CANCELLABLE_STATES, PTB_JOB_CANCELLING))
+		return READ_ONCE(job->state) == PTB_JOB_HANDING_OVER ? -EBUSY : -EINVAL;
 	DMINFO("%s: job %s cancelled", ptb_device_name(job->pd), job->id);
 	/* Copies in flight finish; then the worker releases the target. */
 	wait_for_completion(&job->finished);
@@ -633,7 +759,9 @@ static void ptb_job_remove(struct ptb_job *job)
 
 	list_del_rcu(&job->node);
 	pd->nr_jobs--;
+	/* Completions of its flush run under RCU (ptb_job_flush_end_io()). */
 	synchronize_rcu();
+	cancel_work_sync(&job->handover_work);
 	/* The worker walks the list outside RCU; let its current run end. */
 	flush_work(&pd->worker);
 	ptb_job_free(job);

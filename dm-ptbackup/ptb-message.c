@@ -278,7 +278,7 @@ static int ptb_msg_job_result(struct ptb_target *pt, const char *verb,
 {
 	if (r)
 		DMERR("%s: job %s %s: job is %s", ptb_device_name(pt->pd), verb,
-		      job->id, ptb_job_state_name(READ_ONCE(job->state)));
+		      job->id, ptb_job_state_log_name(READ_ONCE(job->state)));
 	return r;
 }
 
@@ -727,14 +727,8 @@ static void ptb_txn_undo(struct ptb_target *pt, struct ptb_txn_elem *elems,
 		case PTB_MSG_BACKUP_START:
 			job = ptb_job_find(pd, e->p.id);
 			if (job) {
-				/*
-				 * Its bitmap hand-over would take the hold:
-				 * lend it ours, so no write slips in.
-				 */
-				WRITE_ONCE(pd->hold_lent, job);
-				ptb_job_cancel(job);
+				ptb_job_undo_start(job);
 				ptb_job_dismiss(job);
-				WRITE_ONCE(pd->hold_lent, NULL);
 			}
 			break;
 		default:

@@ -93,6 +93,12 @@ static u64 ptb_md_blocks_for(u64 nr_bits)
 	return DIV_ROUND_UP_ULL(nr_bits, PTB_MD_BITS_PER_BLOCK);
 }
 
+/* Bits of a bitmap with granules of 1 << shift bytes over dev_sectors. */
+static u64 ptb_md_bits_for(sector_t dev_sectors, unsigned int shift)
+{
+	return DIV_ROUND_UP_ULL((u64)dev_sectors << SECTOR_SHIFT, 1ULL << shift);
+}
+
 static u64 ptb_md_nr_regions(sector_t dev_sectors, unsigned int shift)
 {
 	return max_t(u64, 1, DIV_ROUND_UP_ULL(dev_sectors, 1ULL << shift));
@@ -157,6 +163,11 @@ static int ptb_md_unpack(struct ptb_metadata *pmd,
 	pmd->generation = le64_to_cpu(sb->generation);
 	pmd->dev_sectors = le64_to_cpu(sb->dev_sectors);
 	pmd->region_shift = le32_to_cpu(sb->region_shift);
+	/* The size in bytes must not wrap: every bitmap size derives from it. */
+	if (!pmd->dev_sectors || pmd->dev_sectors > (U64_MAX >> SECTOR_SHIFT)) {
+		*error = "Metadata superblock describes an impossible device size";
+		return -EINVAL;
+	}
 	if (pmd->region_shift < PTB_MD_MIN_REGION_SHIFT || pmd->region_shift > 40 ||
 	    ptb_md_nr_regions(pmd->dev_sectors, pmd->region_shift) >
 	    PTB_MD_BITS_PER_BLOCK) {
@@ -181,7 +192,9 @@ static int ptb_md_unpack(struct ptb_metadata *pmd,
 		    s->nr_blocks != ptb_md_blocks_for(s->b.nr_bits) ||
 		    s->first_block + s->nr_blocks > pmd->nr_blocks ||
 		    s->b.granularity_shift < SECTOR_SHIFT ||
-		    s->b.granularity_shift > 40) {
+		    s->b.granularity_shift > 40 ||
+		    s->b.nr_bits != ptb_md_bits_for(pmd->dev_sectors,
+						    s->b.granularity_shift)) {
 			*error = "Metadata superblock describes an impossible bitmap";
 			return -EINVAL;
 		}

@@ -91,24 +91,43 @@ static void ptb_device_destroy(struct ptb_device *pd)
 static bool ptb_device_has_active_jobs(struct ptb_device *pd)
 {
 	struct ptb_job *job;
-	bool active = false;
 
-	mutex_lock(&pd->lock);
+	lockdep_assert_held(&pd->lock);
 	list_for_each_entry(job, &pd->jobs, node)
-		active |= ptb_job_active(job);
-	mutex_unlock(&pd->lock);
-	return active;
+		if (ptb_job_active(job))
+			return true;
+	return false;
 }
 
 /*
- * The metadata device is opened once per device, by the first table that
- * names it; later tables (reloads) must name the same one.
+ * A table with another origin may be loaded only while no job is active,
+ * and no job may start until it is resumed or cleared: a job copies from
+ * the origin it started on.
  */
-static int ptb_device_attach_metadata(struct ptb_device *pd,
-				      struct ptb_target *pt, char **error)
+static int ptb_device_check_origin(struct ptb_device *pd, struct ptb_target *pt,
+				   char **error)
+{
+	struct ptb_target *live = pd->live;
+
+	if (!live || live->origin->bdev == pt->origin->bdev)
+		return 0;
+	if (ptb_device_has_active_jobs(pd)) {
+		*error = "Cannot change the origin device while a backup job is running";
+		return -EBUSY;
+	}
+	pd->origin_change = pt;
+	return 0;
+}
+
+/*
+ * The metadata device is opened once per device: the constructor of the
+ * first table that names it loads it, that table's preresume attaches it
+ * (ptb_device_attach_metadata()).  Later tables must name the same one.
+ */
+static int ptb_device_check_metadata(struct ptb_device *pd,
+				     struct ptb_target *pt, char **error)
 {
 	dev_t dev = pt->metadata ? pt->metadata->bdev->bd_dev : 0;
-	int r;
 
 	if (pd->pmd) {
 		if (dev != pd->metadata_dev) {
@@ -123,59 +142,77 @@ static int ptb_device_attach_metadata(struct ptb_device *pd,
 	}
 	if (!dev)
 		return 0;
-	r = ptb_metadata_open(pt->metadata->bdev, pt->ti->len, &pd->pmd, error);
-	if (r)
-		return r;
-	pd->metadata_dev = dev;
-	r = ptb_bitmaps_load(pd, error);
-	if (r) {
-		ptb_metadata_close(pd->pmd);
-		pd->pmd = NULL;
-		pd->metadata_dev = 0;
+	return ptb_tracking_load(pt->metadata->bdev, pt->ti->len,
+				 ptb_device_name(pd), &pt->pending_md, error) ?:
+		ptb_tracking_check_names(pd, pt->pending_md, error);
+}
+
+/* Preresume: the metadata this table loaded becomes the device's. */
+static int ptb_device_attach_metadata(struct ptb_device *pd,
+				      struct ptb_target *pt)
+{
+	char *error = NULL;
+	int r;
+
+	if (!pt->pending_md)
+		return 0;
+	if (pd->pmd) {
+		/* Another table attached one meanwhile: not possible today. */
+		ptb_tracking_unload(pt->pending_md);
+		pt->pending_md = NULL;
+		return 0;
 	}
-	return r;
+	r = ptb_tracking_attach(pd, pt->pending_md, pt->metadata->bdev->bd_dev,
+				&error);
+	if (r) {
+		DMERR("%s: cannot attach the metadata device: %s",
+		      ptb_device_name(pd), error);
+		return r;
+	}
+	pt->pending_md = NULL;
+	return 0;
 }
 
 /*
  * Attach a new table instance to its device's object, creating the object
- * for the first table.  A reload keeps the jobs; it may not swap the origin
- * from under a running job.
+ * for the first table.  Nothing the live device uses changes here.
  */
 static int ptb_device_attach(struct ptb_target *pt, char **error)
 {
 	struct mapped_device *md = dm_table_get_md(pt->ti->table);
 	struct ptb_device *pd;
-	int r = 0;
+	bool created = false;
+	int r;
 
 	mutex_lock(&ptb_devices_lock);
 	pd = ptb_device_lookup(md);
-	if (pd) {
-		struct ptb_target *live = pd->live;
-
-		if (live && live->origin->bdev != pt->origin->bdev &&
-		    ptb_device_has_active_jobs(pd)) {
-			*error = "Cannot change the origin device while a backup job is running";
-			r = -EBUSY;
-			goto out;
-		}
-		mutex_lock(&pd->lock);
-		r = ptb_device_attach_metadata(pd, pt, error);
-		mutex_unlock(&pd->lock);
-		if (r)
-			goto out;
-	} else {
+	if (!pd) {
 		pd = ptb_device_create(md);
 		if (!pd) {
 			*error = "Cannot allocate device state";
 			r = -ENOMEM;
 			goto out;
 		}
-		r = ptb_device_attach_metadata(pd, pt, error);
-		if (r) {
+		created = true;
+	}
+	mutex_lock(&pd->lock);
+	r = ptb_device_check_origin(pd, pt, error);
+	if (!r)
+		r = ptb_device_check_metadata(pd, pt, error);
+	if (r) {
+		if (pd->origin_change == pt)
+			pd->origin_change = NULL;
+		if (pt->pending_md)
+			ptb_tracking_unload(pt->pending_md);
+		pt->pending_md = NULL;
+	}
+	mutex_unlock(&pd->lock);
+	if (r) {
+		if (created) {
 			list_del(&pd->node);
 			ptb_device_destroy(pd);
-			goto out;
 		}
+		goto out;
 	}
 	pd->nr_targets++;
 	pt->pd = pd;
@@ -192,6 +229,15 @@ static void ptb_device_detach(struct ptb_target *pt)
 {
 	struct ptb_device *pd = pt->pd;
 	bool last;
+
+	/* A table that was never resumed gives back what it loaded. */
+	mutex_lock(&pd->lock);
+	if (pd->origin_change == pt)
+		pd->origin_change = NULL;
+	mutex_unlock(&pd->lock);
+	if (pt->pending_md)
+		ptb_tracking_unload(pt->pending_md);
+	pt->pending_md = NULL;
 
 	mutex_lock(&ptb_devices_lock);
 	mutex_lock(&pd->event_lock);
@@ -452,12 +498,55 @@ static void ptb_test_faults(struct ptb_device *pd)
 #endif
 }
 
-/* Every write has completed: leave the metadata as after a clean shutdown. */
-static void ptb_postsuspend(struct dm_target *ti)
+/*
+ * Suspend quiesces: presuspend stops the background sweep and new final
+ * flushes (copies for writes still being drained go on); postsuspend,
+ * once every write has completed, waits for the copies and flushes in
+ * flight (at most copy_slots per job) and leaves the metadata as after a
+ * clean shutdown.  Resume starts the sweep again.
+ */
+static void ptb_presuspend(struct dm_target *ti)
 {
 	struct ptb_target *pt = ti->private;
 
-	ptb_bitmaps_quiesce(pt->pd);
+	WRITE_ONCE(pt->pd->suspended, true);
+}
+
+static void ptb_presuspend_undo(struct dm_target *ti)
+{
+	struct ptb_target *pt = ti->private;
+
+	WRITE_ONCE(pt->pd->suspended, false);
+	ptb_wake_worker(pt->pd);
+}
+
+static void ptb_postsuspend(struct dm_target *ti)
+{
+	struct ptb_device *pd = ((struct ptb_target *)ti->private)->pd;
+
+	wait_event(pd->io_idle, !atomic_read(&pd->io_in_flight));
+	ptb_bitmaps_quiesce(pd);
+}
+
+/*
+ * The table becomes live: it attaches the metadata it loaded, transient
+ * bitmaps grow to its size, a pending origin change is done.  The device
+ * is suspended: no write is in flight.
+ */
+static int ptb_preresume(struct dm_target *ti)
+{
+	struct ptb_target *pt = ti->private;
+	struct ptb_device *pd = pt->pd;
+	int r;
+
+	mutex_lock(&pd->lock);
+	r = ptb_device_attach_metadata(pd, pt);
+	if (!r)
+		r = ptb_bitmaps_grow(pd, ti->len);
+	if (!r && pd->origin_change == pt)
+		pd->origin_change = NULL;
+	mutex_unlock(&pd->lock);
+	return r;
 }
 
 static void ptb_resume(struct dm_target *ti)
@@ -470,6 +559,7 @@ static void ptb_resume(struct dm_target *ti)
 	mutex_lock(&pd->event_lock);
 	pd->live = pt;
 	mutex_unlock(&pd->event_lock);
+	WRITE_ONCE(pd->suspended, false);
 	ptb_wake_worker(pd);
 }
 
@@ -534,14 +624,17 @@ static int ptb_iterate_devices(struct dm_target *ti,
 
 static struct target_type ptbackup_target = {
 	.name = "ptbackup",
-	.version = {1, 2, 0},
+	.version = {1, 3, 0},
 	.features = DM_TARGET_SINGLETON,
 	.module = THIS_MODULE,
 	.ctr = ptb_ctr,
 	.dtr = ptb_dtr,
 	.map = ptb_map,
 	.end_io = ptb_end_io,
+	.presuspend = ptb_presuspend,
+	.presuspend_undo = ptb_presuspend_undo,
 	.postsuspend = ptb_postsuspend,
+	.preresume = ptb_preresume,
 	.resume = ptb_resume,
 	.status = ptb_status,
 	.message = ptb_message_hook,

@@ -49,12 +49,26 @@
 #define PTB_MAX_COPY_SLOTS	256
 #define PTB_COPY_HASH_BITS	10
 
+/*
+ * A job's life (ptb-job.c has the diagram).  Running, paused, flushing and
+ * handing-over jobs are active: they protect the chunks they have not
+ * copied.  Cancelling and failing jobs wait for their I/O to end, hand
+ * their bitmap back and release their target; completed, cancelled and
+ * failed jobs have released everything.  Status shows flushing and
+ * handing-over as "running", cancelling as "cancelled", failing as
+ * "failed".
+ */
 enum ptb_job_state {
-	PTB_JOB_RUNNING,
-	PTB_JOB_PAUSED,
+	PTB_JOB_RUNNING,	/* the sweep copies (sync=full, incremental) */
+	PTB_JOB_PAUSED,		/* only copy-before-write */
+	PTB_JOB_FLUSHING,	/* all copied, final flush of the target */
+	PTB_JOB_HANDING_OVER,	/* flushed, bitmap hand-over (success) */
+	PTB_JOB_CANCELLING,
+	PTB_JOB_FAILING,
 	PTB_JOB_COMPLETED,
 	PTB_JOB_CANCELLED,
 	PTB_JOB_FAILED,
+	PTB_JOB_NR_STATES
 };
 
 enum ptb_sync_mode {
@@ -88,6 +102,7 @@ enum ptb_error_site {
 struct ptb_device;
 struct ptb_bitmap;
 struct ptb_metadata;
+struct ptb_tracking_load;
 
 struct ptb_job_params {
 	char id[PTB_JOB_ID_MAX + 1];
@@ -110,7 +125,7 @@ struct ptb_job {
 	enum ptb_error_action on_target_error;
 	enum ptb_cbw_action on_cbw_error;
 	u64 speed;			/* WRITE_ONCE/READ_ONCE */
-	struct ptb_bitmap *bitmap;	/* busy with this job, or NULL */
+	struct ptb_bitmap *bitmap;	/* busy with this job; NULL once handed back */
 	int bitmap_mode;		/* enum ptb_bitmap_mode */
 
 	/* Read by the map path. */
@@ -132,17 +147,12 @@ struct ptb_job {
 	unsigned int copies_in_flight;	/* entries in the copy table */
 	struct list_head slot_waiters;	/* copies waiting for a buffer */
 	ktime_t rate_next;		/* background may issue from then on */
-	unsigned long retry_at;		/* jiffies; error policy "ignore" */
-	bool retry_pending:1;
-	bool flushing:1;		/* final flush of the target issued */
-	bool released:1;		/* buffers and target given back */
+	unsigned long retry_at;		/* jiffies, 0: none (policy "ignore") */
+	bool no_write_zeroes;		/* the target rejected write-zeroes */
 	int flush_result;		/* 1 in flight, else 0 or -errno */
 
-	/* Hand-over of the bitmap when the job ends (finalize_work). */
-	struct work_struct finalize_work;
-	bool finalize_success;
-	bool finalizing;		/* WRITE_ONCE: worker and finalize_work */
-	bool finalized;
+	/* Bitmap hand-over when the job ends; under the write hold. */
+	struct work_struct handover_work;
 
 	/* Progress, read by status. */
 	atomic64_t bytes_done;
@@ -193,7 +203,7 @@ struct ptb_device {
 	struct mutex hold_lock;		/* one hold at a time */
 	struct task_struct *hold_owner;	/* under hold_lock */
 	unsigned int hold_depth;
-	struct ptb_job *hold_lent;	/* finalizes under its owner's hold */
+	unsigned int hold_noio;		/* memalloc_noio_save() of the holder */
 	atomic_t writes_in_flight;
 	int hold_writes;		/* smp_load_acquire/smp_store_release */
 	wait_queue_head_t writes_drained;
@@ -202,6 +212,13 @@ struct ptb_device {
 	struct bio_list held_bios;	/* arrived while hold_writes was set */
 	struct bio_list deferred_bios;	/* writes to check against the jobs */
 	struct list_head completed_copies;
+
+	/* Copies and final flushes in flight; postsuspend waits for none. */
+	atomic_t io_in_flight;
+	wait_queue_head_t io_idle;
+	bool suspended;			/* READ_ONCE: no sweep, no new flush */
+	/* A loaded, not yet resumed table with another origin; lock. */
+	struct ptb_target *origin_change;
 
 	struct workqueue_struct *wq;
 	struct work_struct worker;
@@ -222,6 +239,8 @@ struct ptb_target {
 	unsigned long nr_chunks;
 	unsigned int copy_slots;
 	bool copy_slots_set:1;
+	/* Metadata opened by the constructor, attached at preresume. */
+	struct ptb_tracking_load *pending_md;
 };
 
 /* Per-bio data. */
@@ -252,6 +271,7 @@ void ptb_wake_worker(struct ptb_device *pd);			/* any context */
 bool ptb_account_write(struct ptb_device *pd, struct ptb_bio *pb,
 		       struct bio *bio);				/* any context */
 void ptb_hold_writes(struct ptb_device *pd);			/* may sleep */
+bool ptb_try_hold_writes(struct ptb_device *pd);		/* may sleep */
 /* ptb_hold_writes() takes pd->hold_lock, ptb_release_writes() drops it. */
 void ptb_release_writes(struct ptb_device *pd);		/* any context */
 void ptb_write_done(struct ptb_device *pd, struct ptb_bio *pb);	/* any context */
@@ -273,12 +293,18 @@ void ptb_job_copy_done(struct ptb_job *job, unsigned long chunk,
 void ptb_job_error(struct ptb_job *job, enum ptb_error_site site, int err,
 		   enum ptb_error_action action);		/* worker */
 void ptb_job_fail(struct ptb_job *job, enum ptb_error_site site, int err);
+void ptb_job_record_error(struct ptb_job *job, enum ptb_error_site site,
+			  int err);					/* any context */
+void ptb_job_undo_start(struct ptb_job *job);		/* write hold owned */
+void ptb_io_start(struct ptb_device *pd);			/* worker */
+void ptb_io_end(struct ptb_device *pd);				/* any context */
 unsigned long ptb_job_service(struct ptb_job *job);		/* worker */
 int ptb_job_cancel(struct ptb_job *job);			/* may sleep */
 int ptb_job_pause(struct ptb_job *job);
 int ptb_job_resume(struct ptb_job *job);
 void ptb_job_set_speed(struct ptb_job *job, u64 speed);
 const char *ptb_job_state_name(enum ptb_job_state s);
+const char *ptb_job_state_log_name(enum ptb_job_state s);
 const char *ptb_sync_name(enum ptb_sync_mode m);
 unsigned int ptb_job_emit(const struct ptb_job *job, char *result,
 			  unsigned int maxlen, unsigned int sz, bool verbose);
