@@ -8,7 +8,10 @@
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
 
+#include "ptb-device.h"
 #include "ptb-bitmap.h"
+#include "ptb-cow.h"
+#include "ptb-job.h"
 
 #define DM_MSG_PREFIX "ptbackup"
 
@@ -55,9 +58,13 @@ static void ptb_bits_set(unsigned long *bits, unsigned long first,
 			set_bit(i, bits);
 }
 
+/* NULL, quietly, for sizes no allocator takes (a crafted metadata image). */
 static unsigned long *ptb_bits_alloc(unsigned long nr_bits, gfp_t gfp)
 {
-	return kvcalloc(BITS_TO_LONGS(nr_bits), sizeof(unsigned long), gfp);
+	if (BITS_TO_LONGS(nr_bits) > INT_MAX / sizeof(unsigned long))
+		return NULL;
+	return kvcalloc(BITS_TO_LONGS(nr_bits), sizeof(unsigned long),
+			gfp | __GFP_NOWARN);
 }
 
 /*----------------------------------------------------------------*/
@@ -524,7 +531,7 @@ int ptb_bitmaps_grow(struct ptb_device *pd, sector_t dev_sectors)
 	return 0;
 }
 
-static bool ptb_has_persistent(struct ptb_device *pd)
+bool ptb_has_persistent(struct ptb_device *pd)
 {
 	struct ptb_bitmap *b;
 
@@ -930,7 +937,7 @@ int ptb_bitmap_list(struct ptb_device *pd, char *result, unsigned int maxlen)
 		DMEMIT("%s %llu %s %s %s %llu%s\n", b->name, 1ULL << b->gran_shift,
 		       READ_ONCE(b->enabled) ? "enabled" : "disabled",
 		       b->slot >= 0 ? "persistent" : "transient",
-		       b->busy ? "busy" : "idle",
+		       READ_ONCE(b->busy) ? "busy" : "idle",
 		       ptb_bitmap_dirty_bytes(b, ptb_bitmap_dev_sectors(pd, b)),
 		       READ_ONCE(b->inconsistent) ? " inconsistent" : "");
 	}
@@ -1038,7 +1045,7 @@ int ptb_bitmap_prepare_job(struct ptb_bitmap *b, unsigned long **succ)
 void ptb_bitmap_freeze(struct ptb_bitmap *b, struct ptb_job *job,
 		       unsigned long *succ)
 {
-	b->busy = job;
+	WRITE_ONCE(b->busy, job);
 	rcu_assign_pointer(b->succ, succ);
 }
 
@@ -1117,7 +1124,7 @@ void ptb_bitmap_thaw(struct ptb_device *pd, struct ptb_bitmap *b,
 		}
 	}
 	rcu_assign_pointer(b->succ, NULL);
-	b->busy = NULL;
+	WRITE_ONCE(b->busy, NULL);
 	synchronize_rcu();
 	kvfree(succ);
 }

@@ -40,7 +40,9 @@ struct ptb_bitmap {
 	int slot;			/* metadata slot, -1 if transient */
 	bool enabled;			/* READ_ONCE */
 	bool inconsistent;		/* lost track (metadata failure) */
-	struct ptb_job *busy;		/* job using it; pd->lock */
+	/* Job using it: set with writes held at its start, cleared by its
+	 * hand-over (writes held); READ_ONCE elsewhere. */
+	struct ptb_job *busy;
 };
 
 enum ptb_bitmap_mode {
@@ -83,6 +85,7 @@ void ptb_bitmaps_lost_tracking(struct ptb_device *pd);
 void ptb_bitmaps_quiesce(struct ptb_device *pd);
 
 struct ptb_bitmap *ptb_bitmap_find(struct ptb_device *pd, const char *name);
+bool ptb_has_persistent(struct ptb_device *pd);			/* pd->lock */
 
 /* Messages; caller holds pd->lock. */
 int ptb_bitmap_add(struct ptb_target *pt, const char *name, u64 granularity,

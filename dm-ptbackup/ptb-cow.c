@@ -22,8 +22,10 @@
 #include <linux/string.h>
 #include <linux/vmalloc.h>
 
-#include "ptb.h"
+#include "ptb-device.h"
 #include "ptb-bitmap.h"
+#include "ptb-cow.h"
+#include "ptb-job.h"
 
 #define DM_MSG_PREFIX "ptbackup"
 

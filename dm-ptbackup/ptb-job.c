@@ -35,8 +35,10 @@
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
 
-#include "ptb.h"
+#include "ptb-device.h"
 #include "ptb-bitmap.h"
+#include "ptb-cow.h"
+#include "ptb-job.h"
 
 #define DM_MSG_PREFIX "ptbackup"
 
@@ -102,6 +104,12 @@ const char *ptb_sync_name(enum ptb_sync_mode m)
 bool ptb_job_active(const struct ptb_job *job)
 {
 	return BIT(READ_ONCE(job->state)) & PTB_ACTIVE_STATES;
+}
+
+/* In a final state: its I/O is over, target and buffers given back. */
+bool ptb_job_released(const struct ptb_job *job)
+{
+	return BIT(READ_ONCE(job->state)) & PTB_FINAL_STATES;
 }
 
 /* Move job to state to if it is in one of the states in from_mask. */
@@ -341,13 +349,10 @@ static void ptb_job_do_handover(struct work_struct *ws)
  */
 void ptb_job_undo_start(struct ptb_job *job)
 {
-	int old = READ_ONCE(job->state);
-
 	lockdep_assert_held(&job->pd->hold_lock);
-	do {
-		if (!(BIT(old) & PTB_ACTIVE_STATES))
-			break;
-	} while (!try_cmpxchg(&job->state, &old, PTB_JOB_CANCELLING));
+	if (ptb_job_transition(job, PTB_ACTIVE_STATES, PTB_JOB_CANCELLING))
+		DMINFO("%s: job %s cancelled: its transaction is undone",
+		       ptb_device_name(job->pd), job->id);
 	if (job->bitmap) {
 		job->bitmap_mode = PTB_BITMAP_NEVER;
 		ptb_bitmap_thaw(job->pd, job->bitmap, job, false);
@@ -654,9 +659,11 @@ static void ptb_job_service_ending(struct ptb_job *job, enum ptb_job_state state
 	if (job->copies_in_flight || READ_ONCE(job->flush_result) == 1)
 		return;
 	if (READ_ONCE(job->bitmap)) {
-		/* No metadata write while the device is suspended. */
-		if (!READ_ONCE(job->pd->suspended))
-			queue_work(system_long_wq, &job->handover_work);
+		/*
+		 * Even while the device is suspended: a cancel or a removal
+		 * of a suspended device waits for it.
+		 */
+		queue_work(system_long_wq, &job->handover_work);
 		return;
 	}
 	ptb_job_release(job, state, final[state]);

@@ -11,8 +11,11 @@
 #include <linux/kernel.h>
 #include <linux/string.h>
 
-#include "ptb.h"
+#include "ptb-device.h"
 #include "ptb-bitmap.h"
+#include "ptb-cow.h"
+#include "ptb-job.h"
+#include "ptb-message.h"
 
 #define DM_MSG_PREFIX "ptbackup"
 
@@ -569,7 +572,7 @@ static bool ptb_view_bitmap(struct ptb_txn_view *v, const char *name, bool *busy
 		return v->ov[i].exists;
 	}
 	b = ptb_bitmap_find(v->pd, name);
-	*busy = b && b->busy;
+	*busy = b && READ_ONCE(b->busy);
 	return b;
 }
 

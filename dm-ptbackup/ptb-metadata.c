@@ -41,6 +41,8 @@
 /* Intent regions: at least 4 MiB, at most one block of them. */
 #define PTB_MD_MIN_REGION_SHIFT	13	/* sectors */
 #define PTB_MD_CSUM_XOR		0x70746231
+/* 512 PiB: bitmap sizes in bytes and bits never wrap. */
+#define PTB_MD_MAX_DEV_SECTORS	(1ULL << 50)
 
 #define PTB_DISK_BITMAP_ENABLED	BIT(0)
 
@@ -164,7 +166,7 @@ static int ptb_md_unpack(struct ptb_metadata *pmd,
 	pmd->dev_sectors = le64_to_cpu(sb->dev_sectors);
 	pmd->region_shift = le32_to_cpu(sb->region_shift);
 	/* The size in bytes must not wrap: every bitmap size derives from it. */
-	if (!pmd->dev_sectors || pmd->dev_sectors > (U64_MAX >> SECTOR_SHIFT)) {
+	if (!pmd->dev_sectors || pmd->dev_sectors > PTB_MD_MAX_DEV_SECTORS) {
 		*error = "Metadata superblock describes an impossible device size";
 		return -EINVAL;
 	}

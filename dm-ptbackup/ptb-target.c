@@ -4,8 +4,8 @@
  * live block device by copy-before-write.
  *
  * This file is the target glue: constructor and destructor, the map path,
- * status, and the per-device object that jobs live in so that they survive
- * table reloads.
+ * status and the suspend/resume hooks; the per-device object that jobs
+ * live in, so that they survive table reloads, is in ptb-device.c.
  *
  * Table line:
  *   ptbackup <origin_dev> <metadata_dev|-> <chunk_sectors>
@@ -17,241 +17,14 @@
 #include <linux/module.h>
 #include <linux/slab.h>
 
-#include "ptb.h"
+#include "ptb-device.h"
 #include "ptb-bitmap.h"
+#include "ptb-cow.h"
+#include "ptb-job.h"
+#include "ptb-message.h"
 #include "ptb-metadata.h"
 
 #define DM_MSG_PREFIX "ptbackup"
-
-static LIST_HEAD(ptb_devices);
-static DEFINE_MUTEX(ptb_devices_lock);
-
-/*----------------------------------------------------------------*/
-
-/* The per-device object, shared by the device's table instances. */
-
-void ptb_device_event(struct ptb_device *pd)
-{
-	mutex_lock(&pd->event_lock);
-	if (pd->live)
-		dm_table_event(pd->live->ti->table);
-	mutex_unlock(&pd->event_lock);
-}
-
-static struct ptb_device *ptb_device_lookup(struct mapped_device *md)
-{
-	struct ptb_device *pd;
-
-	lockdep_assert_held(&ptb_devices_lock);
-	list_for_each_entry(pd, &ptb_devices, node)
-		if (pd->md == md)
-			return pd;
-	return NULL;
-}
-
-static struct ptb_device *ptb_device_create(struct mapped_device *md)
-{
-	struct ptb_device *pd;
-
-	pd = kzalloc(sizeof(*pd), GFP_KERNEL);
-	if (!pd)
-		return NULL;
-	pd->md = md;
-	mutex_init(&pd->lock);
-	mutex_init(&pd->event_lock);
-	mutex_init(&pd->hold_lock);
-	INIT_LIST_HEAD(&pd->jobs);
-	if (ptb_bitmaps_init(pd))
-		goto bad_bitmaps;
-	if (ptb_cow_init(pd))
-		goto bad_bitmaps;
-	list_add(&pd->node, &ptb_devices);
-	return pd;
-
-bad_bitmaps:
-	ptb_bitmaps_exit(pd);
-	kfree(pd);
-	return NULL;
-}
-
-static void ptb_device_destroy(struct ptb_device *pd)
-{
-	mutex_lock(&pd->lock);
-	ptb_jobs_destroy(pd);
-	mutex_unlock(&pd->lock);
-	ptb_bitmaps_exit(pd);
-	if (pd->pmd)
-		ptb_metadata_close(pd->pmd);
-	ptb_cow_exit(pd);
-	mutex_destroy(&pd->lock);
-	mutex_destroy(&pd->event_lock);
-	kfree(pd);
-}
-
-static bool ptb_device_has_active_jobs(struct ptb_device *pd)
-{
-	struct ptb_job *job;
-
-	lockdep_assert_held(&pd->lock);
-	list_for_each_entry(job, &pd->jobs, node)
-		if (ptb_job_active(job))
-			return true;
-	return false;
-}
-
-/*
- * A table with another origin may be loaded only while no job is active,
- * and no job may start until it is resumed or cleared: a job copies from
- * the origin it started on.
- */
-static int ptb_device_check_origin(struct ptb_device *pd, struct ptb_target *pt,
-				   char **error)
-{
-	struct ptb_target *live = pd->live;
-
-	if (!live || live->origin->bdev == pt->origin->bdev)
-		return 0;
-	if (ptb_device_has_active_jobs(pd)) {
-		*error = "Cannot change the origin device while a backup job is running";
-		return -EBUSY;
-	}
-	pd->origin_change = pt;
-	return 0;
-}
-
-/*
- * The metadata device is opened once per device: the constructor of the
- * first table that names it loads it, that table's preresume attaches it
- * (ptb_device_attach_metadata()).  Later tables must name the same one.
- */
-static int ptb_device_check_metadata(struct ptb_device *pd,
-				     struct ptb_target *pt, char **error)
-{
-	dev_t dev = pt->metadata ? pt->metadata->bdev->bd_dev : 0;
-
-	if (pd->pmd) {
-		if (dev != pd->metadata_dev) {
-			*error = "Cannot change the metadata device on reload";
-			return -EINVAL;
-		}
-		if (pt->ti->len > ptb_metadata_dev_sectors(pd->pmd) && pd->nr_bitmaps) {
-			*error = "Device is larger than its persistent bitmaps cover";
-			return -EINVAL;
-		}
-		return 0;
-	}
-	if (!dev)
-		return 0;
-	return ptb_tracking_load(pt->metadata->bdev, pt->ti->len,
-				 ptb_device_name(pd), &pt->pending_md, error) ?:
-		ptb_tracking_check_names(pd, pt->pending_md, error);
-}
-
-/* Preresume: the metadata this table loaded becomes the device's. */
-static int ptb_device_attach_metadata(struct ptb_device *pd,
-				      struct ptb_target *pt)
-{
-	char *error = NULL;
-	int r;
-
-	if (!pt->pending_md)
-		return 0;
-	if (pd->pmd) {
-		/* Another table attached one meanwhile: not possible today. */
-		ptb_tracking_unload(pt->pending_md);
-		pt->pending_md = NULL;
-		return 0;
-	}
-	r = ptb_tracking_attach(pd, pt->pending_md, pt->metadata->bdev->bd_dev,
-				&error);
-	if (r) {
-		DMERR("%s: cannot attach the metadata device: %s",
-		      ptb_device_name(pd), error);
-		return r;
-	}
-	pt->pending_md = NULL;
-	return 0;
-}
-
-/*
- * Attach a new table instance to its device's object, creating the object
- * for the first table.  Nothing the live device uses changes here.
- */
-static int ptb_device_attach(struct ptb_target *pt, char **error)
-{
-	struct mapped_device *md = dm_table_get_md(pt->ti->table);
-	struct ptb_device *pd;
-	bool created = false;
-	int r;
-
-	mutex_lock(&ptb_devices_lock);
-	pd = ptb_device_lookup(md);
-	if (!pd) {
-		pd = ptb_device_create(md);
-		if (!pd) {
-			*error = "Cannot allocate device state";
-			r = -ENOMEM;
-			goto out;
-		}
-		created = true;
-	}
-	mutex_lock(&pd->lock);
-	r = ptb_device_check_origin(pd, pt, error);
-	if (!r)
-		r = ptb_device_check_metadata(pd, pt, error);
-	if (r) {
-		if (pd->origin_change == pt)
-			pd->origin_change = NULL;
-		if (pt->pending_md)
-			ptb_tracking_unload(pt->pending_md);
-		pt->pending_md = NULL;
-	}
-	mutex_unlock(&pd->lock);
-	if (r) {
-		if (created) {
-			list_del(&pd->node);
-			ptb_device_destroy(pd);
-		}
-		goto out;
-	}
-	pd->nr_targets++;
-	pt->pd = pd;
-	mutex_lock(&pd->event_lock);
-	if (!pd->live)
-		pd->live = pt;
-	mutex_unlock(&pd->event_lock);
-out:
-	mutex_unlock(&ptb_devices_lock);
-	return r;
-}
-
-static void ptb_device_detach(struct ptb_target *pt)
-{
-	struct ptb_device *pd = pt->pd;
-	bool last;
-
-	/* A table that was never resumed gives back what it loaded. */
-	mutex_lock(&pd->lock);
-	if (pd->origin_change == pt)
-		pd->origin_change = NULL;
-	mutex_unlock(&pd->lock);
-	if (pt->pending_md)
-		ptb_tracking_unload(pt->pending_md);
-	pt->pending_md = NULL;
-
-	mutex_lock(&ptb_devices_lock);
-	mutex_lock(&pd->event_lock);
-	if (pd->live == pt)
-		pd->live = NULL;
-	mutex_unlock(&pd->event_lock);
-	last = !--pd->nr_targets;
-	if (last)
-		list_del(&pd->node);
-	mutex_unlock(&ptb_devices_lock);
-
-	if (last)
-		ptb_device_destroy(pd);
-}
 
 /*----------------------------------------------------------------*/
 
@@ -498,69 +271,33 @@ static void ptb_test_faults(struct ptb_device *pd)
 #endif
 }
 
-/*
- * Suspend quiesces: presuspend stops the background sweep and new final
- * flushes (copies for writes still being drained go on); postsuspend,
- * once every write has completed, waits for the copies and flushes in
- * flight (at most copy_slots per job) and leaves the metadata as after a
- * clean shutdown.  Resume starts the sweep again.
- */
+/* Suspend and resume: the device object does the work (ptb-device.c). */
 static void ptb_presuspend(struct dm_target *ti)
 {
-	struct ptb_target *pt = ti->private;
-
-	WRITE_ONCE(pt->pd->suspended, true);
+	ptb_device_presuspend(((struct ptb_target *)ti->private)->pd);
 }
 
 static void ptb_presuspend_undo(struct dm_target *ti)
 {
-	struct ptb_target *pt = ti->private;
-
-	WRITE_ONCE(pt->pd->suspended, false);
-	ptb_wake_worker(pt->pd);
+	ptb_device_presuspend_undo(((struct ptb_target *)ti->private)->pd);
 }
 
 static void ptb_postsuspend(struct dm_target *ti)
 {
-	struct ptb_device *pd = ((struct ptb_target *)ti->private)->pd;
-
-	wait_event(pd->io_idle, !atomic_read(&pd->io_in_flight));
-	ptb_bitmaps_quiesce(pd);
+	ptb_device_postsuspend(((struct ptb_target *)ti->private)->pd);
 }
 
-/*
- * The table becomes live: it attaches the metadata it loaded, transient
- * bitmaps grow to its size, a pending origin change is done.  The device
- * is suspended: no write is in flight.
- */
 static int ptb_preresume(struct dm_target *ti)
 {
-	struct ptb_target *pt = ti->private;
-	struct ptb_device *pd = pt->pd;
-	int r;
-
-	mutex_lock(&pd->lock);
-	r = ptb_device_attach_metadata(pd, pt);
-	if (!r)
-		r = ptb_bitmaps_grow(pd, ti->len);
-	if (!r && pd->origin_change == pt)
-		pd->origin_change = NULL;
-	mutex_unlock(&pd->lock);
-	return r;
+	return ptb_device_preresume(ti->private);
 }
 
 static void ptb_resume(struct dm_target *ti)
 {
 	struct ptb_target *pt = ti->private;
-	struct ptb_device *pd = pt->pd;
 
-	ptb_test_faults(pd);
-
-	mutex_lock(&pd->event_lock);
-	pd->live = pt;
-	mutex_unlock(&pd->event_lock);
-	WRITE_ONCE(pd->suspended, false);
-	ptb_wake_worker(pd);
+	ptb_test_faults(pt->pd);
+	ptb_device_resume(pt);
 }
 
 /*----------------------------------------------------------------*/

@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * dm-ptbackup jobs (ptb-job.c): a backup job, its state machine (the
+ * diagram is at the top of ptb-job.c), the sweep, error policies, the final
+ * flush, the bitmap hand-over.
+ *
+ * Contexts: ptb_job_active() any context (the map path); functions marked
+ * "worker" only from the copy engine's worker; the messages (start,
+ * cancel, pause, resume, dismiss) with pd->lock held, may sleep.
+ */
+#ifndef DM_PTBACKUP_JOB_H
+#define DM_PTBACKUP_JOB_H
+
+#include "ptb.h"
+
+/*
+ * A job's life (ptb-job.c has the diagram).  Running, paused, flushing and
+ * handing-over jobs are active: they protect the chunks they have not
+ * copied.  Cancelling and failing jobs wait for their I/O to end, hand
+ * their bitmap back and release their target; completed, cancelled and
+ * failed jobs have released everything.  Status shows flushing and
+ * handing-over as "running", cancelling as "cancelled", failing as
+ * "failed".
+ */
+enum ptb_job_state {
+	PTB_JOB_RUNNING,	/* the sweep copies (sync=full, incremental) */
+	PTB_JOB_PAUSED,		/* only copy-before-write */
+	PTB_JOB_FLUSHING,	/* all copied, final flush of the target */
+	PTB_JOB_HANDING_OVER,	/* flushed, bitmap hand-over (success) */
+	PTB_JOB_CANCELLING,
+	PTB_JOB_FAILING,
+	PTB_JOB_COMPLETED,
+	PTB_JOB_CANCELLED,
+	PTB_JOB_FAILED,
+	PTB_JOB_NR_STATES
+};
+
+struct ptb_job_params {
+	char id[PTB_JOB_ID_MAX + 1];
+	const char *target_path;
+	enum ptb_sync_mode sync;
+	const char *bitmap;		/* NULL: none */
+	int bitmap_mode;		/* enum ptb_bitmap_mode */
+	u64 speed;			/* bytes/s, 0 = unlimited */
+	enum ptb_error_action on_source_error;
+	enum ptb_error_action on_target_error;
+	enum ptb_cbw_action on_cbw_error;
+};
+
+struct ptb_job {
+	struct list_head node;		/* pd->jobs, RCU */
+	struct ptb_device *pd;
+	char id[PTB_JOB_ID_MAX + 1];
+	enum ptb_sync_mode sync;
+	enum ptb_error_action on_source_error;
+	enum ptb_error_action on_target_error;
+	enum ptb_cbw_action on_cbw_error;
+	u64 speed;			/* WRITE_ONCE/READ_ONCE */
+	struct ptb_bitmap *bitmap;	/* busy with this job; NULL once handed back */
+	int bitmap_mode;		/* enum ptb_bitmap_mode */
+
+	/* Read by the map path. */
+	int state;			/* enum ptb_job_state, cmpxchg */
+	unsigned int chunk_shift;	/* chunk size in sectors, log2 */
+	unsigned long nr_chunks;
+	unsigned long *done;		/* chunk's old data is on the target */
+
+	sector_t dev_sectors;		/* size of the device at start */
+	struct block_device *origin;
+	struct ptb_bdev target;
+	dev_t target_dev;
+
+	/* Worker only. */
+	unsigned long cursor;		/* next chunk for the background sweep */
+	unsigned int nr_slots;
+	unsigned int free_slots;
+	void **slot_buf;		/* free_slots buffers at the front */
+	unsigned int copies_in_flight;	/* entries in the copy table */
+	struct list_head slot_waiters;	/* copies waiting for a buffer */
+	ktime_t rate_next;		/* background may issue from then on */
+	unsigned long retry_at;		/* jiffies, 0: none (policy "ignore") */
+	bool no_write_zeroes;		/* the target rejected write-zeroes */
+	int flush_result;		/* 1 in flight, else 0 or -errno */
+
+	/* Bitmap hand-over when the job ends; under the write hold. */
+	struct work_struct handover_work;
+
+	/* Progress, read by status. */
+	atomic64_t bytes_done;
+	atomic64_t zero_bytes;
+	u64 bytes_total;
+	enum ptb_error_site error_site;
+	int last_error;
+
+	struct completion finished;	/* released after a final state */
+};
+
+struct ptb_job *ptb_job_find(struct ptb_device *pd, const char *id);
+int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p);
+int ptb_job_check_target(struct ptb_target *pt, const char *id,
+			 const char *path);
+int ptb_job_dismiss(struct ptb_job *job);
+void ptb_jobs_destroy(struct ptb_device *pd);
+bool ptb_job_active(const struct ptb_job *job);		/* any context */
+bool ptb_job_released(const struct ptb_job *job);		/* any context */
+void ptb_job_copy_done(struct ptb_job *job, unsigned long chunk,
+		       sector_t len, bool zero);			/* worker */
+void ptb_job_error(struct ptb_job *job, enum ptb_error_site site, int err,
+		   enum ptb_error_action action);		/* worker */
+void ptb_job_fail(struct ptb_job *job, enum ptb_error_site site, int err);
+void ptb_job_record_error(struct ptb_job *job, enum ptb_error_site site,
+			  int err);					/* any context */
+void ptb_job_undo_start(struct ptb_job *job);		/* write hold owned */
+unsigned long ptb_job_service(struct ptb_job *job);		/* worker */
+int ptb_job_cancel(struct ptb_job *job);			/* may sleep */
+int ptb_job_pause(struct ptb_job *job);
+int ptb_job_resume(struct ptb_job *job);
+void ptb_job_set_speed(struct ptb_job *job, u64 speed);
+const char *ptb_job_state_name(enum ptb_job_state s);
+const char *ptb_job_state_log_name(enum ptb_job_state s);
+const char *ptb_sync_name(enum ptb_sync_mode m);
+unsigned int ptb_job_emit(const struct ptb_job *job, char *result,
+			  unsigned int maxlen, unsigned int sz, bool verbose);
+
+#endif /* DM_PTBACKUP_JOB_H */
