@@ -5,7 +5,7 @@
 . "$(dirname "$0")/lib/tap.sh"
 . "$(dirname "$0")/lib/ptb.sh"
 need_root
-need_cmd dmsetup fio
+need_cmd dmsetup fio python3
 
 tap_plan 19
 origin=$(make_loop 32)
@@ -25,13 +25,19 @@ fio --output=/dev/null --filename=/dev/mapper/$dev --direct=1 --time_based \
 FIO=$!
 tap_on_exit kill $FIO
 
+img=$(mktemp -d "${TMPDIR:-/tmp}/ptb-inc.XXXXXX")
+tap_on_exit rm -rf "$img"
 # backup NAME OPTIONS...: start a job at a frozen instant; echo the
-# device's checksum at that instant.
+# device's checksum at that instant.  Copies of the device and of the
+# target as they are at that instant (before the job writes the target) are
+# left in $img/dev and $img/tgt.
 backup() {
 	local name=$1
 	shift
 	dmsetup suspend $dev
 	sha_dev "$origin"
+	dd if="$origin" of="$img/dev" bs=1M iflag=direct status=none
+	dd if="$T" of="$img/tgt" bs=1M iflag=direct status=none
 	dm_msg $dev backup start "$name" "$T" "$@"
 	dmsetup resume $dev
 }
@@ -42,17 +48,21 @@ tap_check "full backup completes" ptb_wait_state $dev full0 completed 120
 tap_eq "full backup is the point-in-time image" "$want" "$(sha_dev "$T")"
 dm_msg $dev job dismiss full0
 
+# The target holds the previous job's image (checked), the bitmap the writes
+# made since (granularity = chunk = 64 KiB), and every fio write changes
+# the chunks it touches (random, scrambled data): so an incremental's total
+# must be exactly the 64 KiB chunks where the device at its instant differs
+# from the target.
 for i in 1 2 3; do
 	sleep 2
-	d=$(dirty)
 	want=$(backup "inc$i" sync=incremental bitmap=inc speed=4M)
 	total=$(ptb_job_field $dev "inc$i" total)
-	tap_eq "incremental $i copies only what changed ($total of $((sz * 512)) bytes)" 1 \
-		$((total > 0 && total < sz * 512))
+	changed=$(python3 "$(dirname "$0")/lib/chunks.py" diff "$img/dev" "$img/tgt" 65536 | wc -w)
+	tap_eq "incremental $i copies exactly the $changed changed chunks (total $total)" \
+		"1 $((changed * 65536))" "$((changed > 0)) $total"
 	tap_check "incremental $i completes" ptb_wait_state $dev "inc$i" completed 120
 	tap_eq "incremental $i is the point-in-time image" "$want" "$(sha_dev "$T")"
 	dm_msg $dev job dismiss "inc$i"
-	: "$d"
 done
 
 # A failed incremental: the target errors half-way.
