@@ -10,8 +10,7 @@
 
 #include "ptb-device.h"
 #include "ptb-bitmap.h"
-#include "ptb-cow.h"
-#include "ptb-job.h"
+#include "ptb-gate.h"
 
 #define DM_MSG_PREFIX "ptbackup"
 
@@ -173,7 +172,7 @@ void ptb_bitmaps_lost_tracking(struct ptb_device *pd)
 	rcu_read_unlock();
 	DMERR("%s: metadata failed: persistent bitmaps no longer track writes; take full backups",
 	      ptb_device_name(pd));
-	ptb_device_event(pd);
+	pd->notify(pd);
 }
 
 /*
@@ -282,12 +281,8 @@ static void ptb_do_marker(struct work_struct *ws)
 
 	if (!bio_list_empty(&bios))
 		ptb_intent_log(pd, &bios);
-	while ((bio = bio_list_pop(&bios))) {
-		if (ptb_write_needs_cow(pd, bio))
-			ptb_defer_bio(pd, bio);
-		else
-			dm_submit_bio_remap(bio, NULL);
-	}
+	while ((bio = bio_list_pop(&bios)))
+		pd->write_ops->marked(pd, bio);
 
 	if (!pd->intent)
 		return;
@@ -474,10 +469,10 @@ static int ptb_bitmaps_resize(struct ptb_device *pd, sector_t dev_sectors)
 }
 
 /*
- * A transient bitmap grows to nr_bits: its new granules are dirty (that
- * area was never backed up), in its successor too if it is busy.  The
- * device is suspended (preresume), so no write is being marked; readers of
- * the old arrays under RCU (status, the marker) are waited for.
+ * A transient bitmap grows to nr_bits (the new granules clear: the caller
+ * marks what changed), its successor too if it is busy.  The device is
+ * suspended (preresume) and writes are held, so no write is being marked
+ * and no hand-over runs; readers under RCU are waited for.
  */
 static int ptb_bitmap_grow(struct ptb_bitmap *b, unsigned long nr_bits)
 {
@@ -495,10 +490,8 @@ static int ptb_bitmap_grow(struct ptb_bitmap *b, unsigned long nr_bits)
 		return -ENOMEM;
 	}
 	bitmap_copy(bits, old, b->nr_bits);
-	bitmap_set(bits, b->nr_bits, nr_bits - b->nr_bits);
 	if (old_succ) {
 		bitmap_copy(succ, old_succ, b->nr_bits);
-		bitmap_set(succ, b->nr_bits, nr_bits - b->nr_bits);
 		rcu_assign_pointer(b->succ, succ);
 	}
 	WRITE_ONCE(b->bits, bits);
@@ -509,24 +502,57 @@ static int ptb_bitmap_grow(struct ptb_bitmap *b, unsigned long nr_bits)
 	return 0;
 }
 
-int ptb_bitmaps_grow(struct ptb_device *pd, sector_t dev_sectors)
+/*
+ * Mark sectors [start, end) dirty, in the successor too, and for a
+ * persistent bitmap in the next commit: the device's size changed there,
+ * so that area (or what comes back there) was never backed up.
+ */
+static void ptb_bitmap_mark_resized(struct ptb_bitmap *b, sector_t start,
+				    sector_t end)
+{
+	unsigned long *succ = rcu_dereference_protected(b->succ, true);
+	unsigned long first, last, blk;
+
+	if (start >= end || !ptb_bitmap_range(b, start, end - start, &first, &last))
+		return;
+	bitmap_set(b->bits, first, last - first + 1);
+	if (succ)
+		bitmap_set(succ, first, last - first + 1);
+	if (b->dirty_blocks)
+		for (blk = first / PTB_MD_BITS_PER_BLOCK;
+		     blk <= last / PTB_MD_BITS_PER_BLOCK; blk++)
+			set_bit(blk, b->dirty_blocks);
+}
+
+/*
+ * Preresume, the device's size going from old_sectors to new_sectors:
+ * transient bitmaps grow to cover it, and every bitmap marks the sectors
+ * between the two ends dirty (the granule holding the smaller end too).
+ * pd->lock and the write hold are held, the device is suspended.
+ */
+int ptb_bitmaps_fit(struct ptb_device *pd, sector_t old_sectors,
+		    sector_t new_sectors)
 {
 	struct ptb_bitmap *b;
 	unsigned long nr_bits;
 	int r;
 
 	lockdep_assert_held(&pd->lock);
+	if (old_sectors == new_sectors)
+		return 0;
 	list_for_each_entry(b, &pd->bitmaps, node) {
-		nr_bits = DIV_ROUND_UP_ULL((u64)dev_sectors << SECTOR_SHIFT,
+		nr_bits = DIV_ROUND_UP_ULL((u64)new_sectors << SECTOR_SHIFT,
 					   1ULL << b->gran_shift);
-		if (b->slot >= 0 || nr_bits <= b->nr_bits)
-			continue;
-		r = ptb_bitmap_grow(b, nr_bits);
-		if (r) {
-			DMERR("%s: bitmap %s: cannot grow it to the device's new size (%d)",
-			      ptb_device_name(pd), b->name, r);
-			return r;
+		if (b->slot < 0 && nr_bits > b->nr_bits) {
+			r = ptb_bitmap_grow(b, nr_bits);
+			if (r) {
+				DMERR("%s: bitmap %s: cannot grow it to the device's new size (%d)",
+				      ptb_device_name(pd), b->name, r);
+				return r;
+			}
 		}
+		ptb_bitmap_mark_resized(b, min(old_sectors, new_sectors),
+					max(old_sectors, new_sectors));
 	}
 	return 0;
 }
@@ -788,12 +814,12 @@ int ptb_bitmap_add(struct ptb_target *pt, const char *name, u64 granularity,
 static int ptb_bitmap_check_idle(struct ptb_device *pd, const char *op,
 				 struct ptb_bitmap *b)
 {
-	struct ptb_job *job = READ_ONCE(b->busy);
+	const struct ptb_bitmap_user *user = READ_ONCE(b->busy);
 
-	if (!job)
+	if (!user)
 		return 0;
 	DMERR("%s: bitmap %s %s: bitmap is in use by job %s", ptb_device_name(pd),
-	      op, b->name, job->id);
+	      op, b->name, user->name);
 	return -EBUSY;
 }
 
@@ -1042,72 +1068,75 @@ int ptb_bitmap_prepare_job(struct ptb_bitmap *b, unsigned long **succ)
 }
 
 /* With writes held: from now on the successor records new writes. */
-void ptb_bitmap_freeze(struct ptb_bitmap *b, struct ptb_job *job,
+void ptb_bitmap_freeze(struct ptb_bitmap *b, const struct ptb_bitmap_user *user,
 		       unsigned long *succ)
 {
-	WRITE_ONCE(b->busy, job);
+	WRITE_ONCE(b->busy, user);
 	rcu_assign_pointer(b->succ, succ);
 }
 
-/* The chunk's byte range overlaps a dirty granule? */
-static bool ptb_bitmap_chunk_dirty(const struct ptb_bitmap *b,
-				   const struct ptb_job *job, unsigned long chunk)
+/* The granules [*first, *last] of chunk c of the user's chunk map. */
+static bool ptb_bitmap_chunk_range(const struct ptb_bitmap *b,
+				   const struct ptb_bitmap_user *u,
+				   unsigned long c, unsigned long *first,
+				   unsigned long *last)
 {
-	unsigned int cshift = job->chunk_shift + SECTOR_SHIFT;
-	unsigned long first = ((u64)chunk << cshift) >> b->gran_shift;
-	unsigned long last = (((u64)(chunk + 1) << cshift) - 1) >> b->gran_shift;
+	unsigned int cshift = u->chunk_shift + SECTOR_SHIFT;
 
-	if (first >= b->nr_bits)
-		return true;	/* not covered: copy it to be safe */
-	last = min(last, b->nr_bits - 1);
-	return find_next_bit(b->bits, last + 1, first) <= last;
-}
-
-/* With writes held: an incremental job copies only the dirty chunks. */
-void ptb_bitmap_select_chunks(struct ptb_bitmap *b, struct ptb_job *job)
-{
-	unsigned long c;
-	u64 total = 0;
-
-	for (c = 0; c < job->nr_chunks; c++) {
-		if (ptb_bitmap_chunk_dirty(b, job, c))
-			total += min_t(u64, 1ULL << (job->chunk_shift + SECTOR_SHIFT),
-				       ((u64)job->dev_sectors << SECTOR_SHIFT) -
-				       ((u64)c << (job->chunk_shift + SECTOR_SHIFT)));
-		else
-			__set_bit(c, job->done);
-		if (!(c & 4095))
-			cond_resched();
-	}
-	job->bytes_total = total;
+	*first = ((u64)c << cshift) >> b->gran_shift;
+	*last = (((u64)(c + 1) << cshift) - 1) >> b->gran_shift;
+	if (*first >= b->nr_bits)
+		return false;
+	*last = min(*last, b->nr_bits - 1);
+	return true;
 }
 
 /*
- * The job is over and writes are held.  Success with bitmap_mode
+ * With writes held, for an incremental backup: mark every clean chunk as
+ * done in the user's chunk map, so that only dirty ones are copied.
+ * Returns the bytes left to copy.
+ */
+u64 ptb_bitmap_select_chunks(struct ptb_bitmap *b)
+{
+	const struct ptb_bitmap_user *u = b->busy;
+	u64 chunk_bytes = 1ULL << (u->chunk_shift + SECTOR_SHIFT);
+	u64 dev_bytes = (u64)u->dev_sectors << SECTOR_SHIFT;
+	unsigned long c, first, last;
+	u64 total = 0;
+
+	for (c = 0; c < u->nr_chunks; c++) {
+		/* A chunk the bitmap does not cover is copied, to be safe. */
+		if (!ptb_bitmap_chunk_range(b, u, c, &first, &last) ||
+		    find_next_bit(b->bits, last + 1, first) <= last)
+			total += min_t(u64, chunk_bytes, dev_bytes - c * chunk_bytes);
+		else
+			__set_bit(c, u->done);
+		if (!(c & 4095))
+			cond_resched();
+	}
+	return total;
+}
+
+/*
+ * The user is done and writes are held.  Success with bitmap_mode
  * on-success or always: the bitmap becomes its successor.  Failure with
  * always: what was not copied plus the successor.  Otherwise the bitmap
  * already holds everything (it kept recording): leave it.
  */
-void ptb_bitmap_thaw(struct ptb_device *pd, struct ptb_bitmap *b,
-		     struct ptb_job *job, bool success)
+void ptb_bitmap_thaw(struct ptb_device *pd, struct ptb_bitmap *b, bool success)
 {
+	const struct ptb_bitmap_user *u = b->busy;
 	unsigned long *succ = rcu_dereference_protected(b->succ, true);
-	unsigned long *next = NULL, c, g, first, last;
-	unsigned int cshift = job->chunk_shift + SECTOR_SHIFT;
+	unsigned long *next = NULL, c, first, last;
 	int r = 0;
 
-	if (job->bitmap_mode != PTB_BITMAP_NEVER && success) {
+	if (u->mode != PTB_BITMAP_NEVER && success) {
 		next = succ;
-	} else if (job->bitmap_mode == PTB_BITMAP_ALWAYS) {
+	} else if (u->mode == PTB_BITMAP_ALWAYS) {
 		next = succ;
-		for (c = find_first_zero_bit(job->done, job->nr_chunks);
-		     c < job->nr_chunks;
-		     c = find_next_zero_bit(job->done, job->nr_chunks, c + 1)) {
-			first = ((u64)c << cshift) >> b->gran_shift;
-			last = (((u64)(c + 1) << cshift) - 1) >> b->gran_shift;
-			for (g = first; g <= last && g < b->nr_bits; g++)
-				__set_bit(g, next);
-		}
+		for_each_clear_bit(c, u->done, u->nr_chunks)
+			if (ptb_bitmap_chunk_range(b, u, c, &first, &last))
+				bitmap_set(next, first, last - first + 1);
 	}
 
 	if (next) {
@@ -1118,7 +1147,7 @@ void ptb_bitmap_thaw(struct ptb_device *pd, struct ptb_bitmap *b,
 				r = ptb_metadata_commit(pd->pmd);
 			if (r) {
 				DMERR("%s: bitmap %s: cannot store it after job %s (%d)",
-				      ptb_device_name(pd), b->name, job->id, r);
+				      ptb_device_name(pd), b->name, u->name, r);
 				ptb_bitmaps_lost_tracking(pd);
 			}
 		}

@@ -40,9 +40,11 @@ struct ptb_bitmap {
 	int slot;			/* metadata slot, -1 if transient */
 	bool enabled;			/* READ_ONCE */
 	bool inconsistent;		/* lost track (metadata failure) */
-	/* Job using it: set with writes held at its start, cleared by its
-	 * hand-over (writes held); READ_ONCE elsewhere. */
-	struct ptb_job *busy;
+	/*
+	 * Job using it: set with writes held at its start, cleared by its
+	 * hand-over (writes held); READ_ONCE elsewhere.
+	 */
+	const struct ptb_bitmap_user *busy;
 };
 
 enum ptb_bitmap_mode {
@@ -74,8 +76,12 @@ int ptb_tracking_check_names(struct ptb_device *pd, struct ptb_tracking_load *ld
 int ptb_tracking_attach(struct ptb_device *pd, struct ptb_tracking_load *ld,
 			dev_t dev, char **error);		/* pd->lock */
 void ptb_tracking_unload(struct ptb_tracking_load *ld);
-/* Preresume: transient bitmaps cover a grown device.  pd->lock held. */
-int ptb_bitmaps_grow(struct ptb_device *pd, sector_t dev_sectors);
+/*
+ * Preresume, pd->lock and writes held: transient bitmaps grow with the
+ * device; every bitmap marks the sectors between the old and new ends.
+ */
+int ptb_bitmaps_fit(struct ptb_device *pd, sector_t old_sectors,
+		    sector_t new_sectors);
 
 /* Map path: record a write; true if it must wait for a metadata commit. */
 bool ptb_bitmaps_mark(struct ptb_device *pd, struct bio *bio);
@@ -114,12 +120,25 @@ int ptb_bitmap_save(const struct ptb_bitmap *b, struct ptb_bitmap_copy *c);
 int ptb_bitmap_restore(struct ptb_target *pt, const struct ptb_bitmap_copy *c);
 void ptb_bitmap_copy_free(struct ptb_bitmap_copy *c);
 
-/* Jobs.  Called with writes held (ptb_hold_writes). */
+/*
+ * A bitmap's user (a backup job): its name, and the map of the chunks it
+ * has copied, which the hand-over reads.  Lives until the hand-over.
+ */
+struct ptb_bitmap_user {
+	const char *name;
+	unsigned long *done;		/* bit set: chunk copied */
+	unsigned long nr_chunks;
+	unsigned int chunk_shift;	/* log2 sectors */
+	sector_t dev_sectors;
+	int mode;			/* enum ptb_bitmap_mode */
+};
+
+/* Before writes are held: allocate the successor. */
 int ptb_bitmap_prepare_job(struct ptb_bitmap *b, unsigned long **succ);
-void ptb_bitmap_freeze(struct ptb_bitmap *b, struct ptb_job *job,
+/* With writes held (ptb_hold_writes). */
+void ptb_bitmap_freeze(struct ptb_bitmap *b, const struct ptb_bitmap_user *user,
 		       unsigned long *succ);
-void ptb_bitmap_select_chunks(struct ptb_bitmap *b, struct ptb_job *job);
-void ptb_bitmap_thaw(struct ptb_device *pd, struct ptb_bitmap *b,
-		     struct ptb_job *job, bool success);
+u64 ptb_bitmap_select_chunks(struct ptb_bitmap *b);
+void ptb_bitmap_thaw(struct ptb_device *pd, struct ptb_bitmap *b, bool success);
 
 #endif /* DM_PTBACKUP_BITMAP_H */

@@ -11,21 +11,16 @@
  * the parked bios back through the check: another job may still need the
  * same chunk.  The background sweep of sync=full jobs uses the same copies.
  *
- * Write accounting gives `backup start' its point in time: every write is
- * counted from map to end_io; a new job holds new writes back, waits for the
- * count to drain, publishes itself and lets the held writes go.
+ * The point in time of an image comes from the write gate (ptb-gate.c).
  */
 
 #include <linux/hash.h>
-#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/vmalloc.h>
 
 #include "ptb-device.h"
-#include "ptb-bitmap.h"
 #include "ptb-cow.h"
-#include "ptb-job.h"
 
 #define DM_MSG_PREFIX "ptbackup"
 
@@ -40,8 +35,8 @@ enum ptb_copy_stage {
 
 struct ptb_copy {
 	struct hlist_node hnode;	/* pd->copies */
-	struct list_head list;		/* job->slot_waiters or pd->completed */
-	struct ptb_job *job;
+	struct list_head list;		/* img->slot_waiters or pd->completed */
+	struct ptb_image *img;
 	unsigned long chunk;
 	sector_t sector;
 	sector_t len;
@@ -54,52 +49,126 @@ struct ptb_copy {
 };
 
 /*
- * Jobs are freed only after the worker has been flushed (job dismiss and
- * device destruction), so the worker may walk the job list without holding
- * rcu_read_lock() across the sleeps of I/O submission.
+ * Images are freed only after the worker has been flushed
+ * (ptb_image_unpublish()), so the worker may walk the image list without
+ * holding rcu_read_lock() across the sleeps of I/O submission.
  */
 static inline bool __maybe_unused ptb_in_worker(struct ptb_device *pd)
 {
 	return current_work() == &pd->worker;
 }
 
-#define for_each_job_in_worker(job, pd) \
-	list_for_each_entry_rcu(job, &(pd)->jobs, node, ptb_in_worker(pd))
+#define for_each_image_in_worker(img, pd) \
+	list_for_each_entry_rcu(img, &(pd)->images, node, ptb_in_worker(pd))
 
 /*----------------------------------------------------------------*/
 
-/* The first chunk in [sector, sector + sectors) that job still needs. */
-static bool ptb_job_first_pending(const struct ptb_job *job, sector_t sector,
-				  unsigned int sectors, unsigned long *chunk)
+/* Images. */
+
+int ptb_image_init(struct ptb_image *img, struct ptb_device *pd,
+		   const struct ptb_image_ops *ops, const char *name,
+		   unsigned int chunk_shift, sector_t dev_sectors,
+		   unsigned int nr_slots)
+{
+	size_t size = (size_t)1 << (chunk_shift + SECTOR_SHIFT);
+	unsigned int i;
+
+	img->pd = pd;
+	img->ops = ops;
+	img->name = name;
+	img->protected = true;
+	img->chunk_shift = chunk_shift;
+	img->dev_sectors = dev_sectors;
+	img->nr_chunks = DIV_ROUND_UP_SECTOR_T(dev_sectors, (sector_t)1 << chunk_shift);
+	INIT_LIST_HEAD(&img->slot_waiters);
+	img->done = kvcalloc(BITS_TO_LONGS(img->nr_chunks), sizeof(long), GFP_KERNEL);
+	img->slot_buf = kcalloc(nr_slots, sizeof(void *), GFP_KERNEL);
+	if (!img->done || !img->slot_buf)
+		return -ENOMEM;
+	img->nr_slots = nr_slots;
+	for (i = 0; i < nr_slots; i++) {
+		img->slot_buf[i] = vmalloc(size);
+		if (!img->slot_buf[i])
+			return -ENOMEM;
+	}
+	img->free_slots = nr_slots;
+	return 0;
+}
+
+/* The chunk buffers; no copy may be in flight. */
+void ptb_image_free_buffers(struct ptb_image *img)
+{
+	unsigned int i;
+
+	if (!img->slot_buf)
+		return;
+	for (i = 0; i < img->nr_slots; i++)
+		vfree(img->slot_buf[i]);
+	kfree(img->slot_buf);
+	img->slot_buf = NULL;
+}
+
+/* Everything ptb_image_init() allocated, even after it failed. */
+void ptb_image_exit(struct ptb_image *img)
+{
+	ptb_image_free_buffers(img);
+	kvfree(img->done);
+	img->done = NULL;
+}
+
+void ptb_image_publish(struct ptb_image *img)
+{
+	lockdep_assert_held(&img->pd->lock);
+	list_add_tail_rcu(&img->node, &img->pd->images);
+}
+
+/* Neither the map path nor the worker sees the image once this returns. */
+void ptb_image_unpublish(struct ptb_image *img)
+{
+	lockdep_assert_held(&img->pd->lock);
+	list_del_rcu(&img->node);
+	/* Completions of its copies run under RCU (ptb_copy_io_done()). */
+	synchronize_rcu();
+	flush_work(&img->pd->worker);
+}
+
+void ptb_image_unprotect(struct ptb_image *img)
+{
+	WRITE_ONCE(img->protected, false);
+}
+
+/* The first chunk in [sector, sector + sectors) that img still needs. */
+static bool ptb_image_first_pending(const struct ptb_image *img, sector_t sector,
+				    unsigned int sectors, unsigned long *chunk)
 {
 	unsigned long first, last, c;
 
-	if (!sectors || !ptb_job_active(job))
+	if (!sectors || !READ_ONCE(img->protected))
 		return false;
-	first = ptb_sector_to_chunk(sector, job->chunk_shift);
-	if (first >= job->nr_chunks)
+	first = ptb_sector_to_chunk(sector, img->chunk_shift);
+	if (first >= img->nr_chunks)
 		return false;
-	last = ptb_sector_to_chunk(sector + sectors - 1, job->chunk_shift);
-	if (last >= job->nr_chunks)
-		last = job->nr_chunks - 1;
-	c = find_next_zero_bit(job->done, last + 1, first);
+	last = ptb_sector_to_chunk(sector + sectors - 1, img->chunk_shift);
+	if (last >= img->nr_chunks)
+		last = img->nr_chunks - 1;
+	c = find_next_zero_bit(img->done, last + 1, first);
 	if (c > last)
 		return false;
 	*chunk = c;
 	return true;
 }
 
-/* Does this write touch a chunk that an active job still needs? */
+/* Does this write touch a chunk that a protected image still needs? */
 bool ptb_write_needs_cow(struct ptb_device *pd, struct bio *bio)
 {
-	struct ptb_job *job;
+	struct ptb_image *img;
 	unsigned long chunk;
 	bool needed = false;
 
 	rcu_read_lock();
-	list_for_each_entry_rcu(job, &pd->jobs, node) {
-		if (ptb_job_first_pending(job, bio->bi_iter.bi_sector,
-					  bio_sectors(bio), &chunk)) {
+	list_for_each_entry_rcu(img, &pd->images, node) {
+		if (ptb_image_first_pending(img, bio->bi_iter.bi_sector,
+					    bio_sectors(bio), &chunk)) {
 			needed = true;
 			break;
 		}
@@ -140,143 +209,34 @@ void ptb_defer_bio(struct ptb_device *pd, struct bio *bio)
 
 /*----------------------------------------------------------------*/
 
-/* Write accounting and the hold used by `backup start'. */
-
-/*
- * Count a write as in flight.  Returns false if writes are being held for a
- * new job: the bio then sits on the held list until ptb_release_writes().
- * Pairs with the barrier in ptb_hold_writes().
- */
-bool ptb_account_write(struct ptb_device *pd, struct ptb_bio *pb,
-		       struct bio *bio)
-{
-	unsigned long flags;
-	bool held;
-
-	atomic_inc(&pd->writes_in_flight);
-	/* Count before looking at the hold: pairs with smp_mb() in hold. */
-	smp_mb__after_atomic();
-	/* Acquire: a lifted hold means the new job is on the list. */
-	if (likely(!smp_load_acquire(&pd->hold_writes))) {
-		pb->counted = true;
-		return true;
-	}
-
-	pb->counted = true;
-	ptb_write_done(pd, pb);
-	spin_lock_irqsave(&pd->bio_lock, flags);
-	/* Re-check under the lock: the hold may have just been lifted. */
-	held = pd->hold_writes;
-	if (held)
-		bio_list_add(&pd->held_bios, bio);
-	else
-		bio_list_add(&pd->deferred_bios, bio);
-	spin_unlock_irqrestore(&pd->bio_lock, flags);
-	if (!held)
-		ptb_wake_worker(pd);
-	return false;
-}
-
-void ptb_write_done(struct ptb_device *pd, struct ptb_bio *pb)
-{
-	if (!pb->counted)
-		return;
-	pb->counted = false;
-	/* Full barrier in atomic_dec_and_test() pairs with ptb_hold_writes(). */
-	if (atomic_dec_and_test(&pd->writes_in_flight) &&
-	    READ_ONCE(pd->hold_writes))
-		wake_up(&pd->writes_drained);
-}
-
-/*
- * Hold back new writes and wait until every write already mapped has
- * completed.  Writes waiting for a copy or a bitmap commit count as in
- * flight; copies and commits make progress without the hold being lifted,
- * so this cannot deadlock.  Holds pd->hold_lock until ptb_release_writes().
- */
-static void ptb_hold_writes_locked(struct ptb_device *pd)
-{
-	/*
-	 * Reclaim must not write to this device while its writes are held:
-	 * every allocation until the release is GFP_NOIO.
-	 */
-	pd->hold_noio = memalloc_noio_save();
-	pd->hold_owner = current;
-	pd->hold_depth = 1;
-	spin_lock_irq(&pd->bio_lock);
-	WRITE_ONCE(pd->hold_writes, 1);
-	spin_unlock_irq(&pd->bio_lock);
-	/* Hold before reading the count: pairs with ptb_account_write(). */
-	smp_mb();
-	wait_event(pd->writes_drained, !atomic_read(&pd->writes_in_flight));
-}
-
-void ptb_hold_writes(struct ptb_device *pd)
-{
-	/* Nested holds (a transaction's elements) are free. */
-	if (pd->hold_owner == current) {
-		pd->hold_depth++;
-		return;
-	}
-	mutex_lock(&pd->hold_lock);
-	ptb_hold_writes_locked(pd);
-}
-
-/* Hold writes unless somebody else holds them; never nested. */
-bool ptb_try_hold_writes(struct ptb_device *pd)
-{
-	if (!mutex_trylock(&pd->hold_lock))
-		return false;
-	ptb_hold_writes_locked(pd);
-	return true;
-}
-
-void ptb_release_writes(struct ptb_device *pd)
-{
-	if (--pd->hold_depth)
-		return;
-	pd->hold_owner = NULL;
-	memalloc_noio_restore(pd->hold_noio);
-	spin_lock_irq(&pd->bio_lock);
-	/* Release: the new job is published before writes see no hold. */
-	smp_store_release(&pd->hold_writes, 0);
-	bio_list_merge(&pd->deferred_bios, &pd->held_bios);
-	bio_list_init(&pd->held_bios);
-	spin_unlock_irq(&pd->bio_lock);
-	mutex_unlock(&pd->hold_lock);
-	ptb_wake_worker(pd);
-}
-
-/*----------------------------------------------------------------*/
-
 /* The copy table.  Worker only. */
 
-static unsigned long ptb_copy_key(const struct ptb_job *job, unsigned long chunk)
+static unsigned long ptb_copy_key(const struct ptb_image *img, unsigned long chunk)
 {
-	return chunk ^ hash_ptr(job, BITS_PER_LONG);
+	return chunk ^ hash_ptr(img, BITS_PER_LONG);
 }
 
-static struct ptb_copy *ptb_copy_find(struct ptb_job *job, unsigned long chunk)
+static struct ptb_copy *ptb_copy_find(struct ptb_image *img, unsigned long chunk)
 {
-	struct ptb_device *pd = job->pd;
+	struct ptb_device *pd = img->pd;
 	struct ptb_copy *c;
 
-	hash_for_each_possible(pd->copies, c, hnode, ptb_copy_key(job, chunk))
-		if (c->job == job && c->chunk == chunk)
+	hash_for_each_possible(pd->copies, c, hnode, ptb_copy_key(img, chunk))
+		if (c->img == img && c->chunk == chunk)
 			return c;
 	return NULL;
 }
 
-bool ptb_copy_in_flight(struct ptb_job *job, unsigned long chunk)
+bool ptb_copy_in_flight(struct ptb_image *img, unsigned long chunk)
 {
-	return !!ptb_copy_find(job, chunk);
+	return !!ptb_copy_find(img, chunk);
 }
 
 /* The RCU read section keeps pd alive until it returns (ptb_cow_exit()). */
 static void ptb_copy_io_done(unsigned long error, void *context)
 {
 	struct ptb_copy *c = context;
-	struct ptb_device *pd = c->job->pd;
+	struct ptb_device *pd = c->img->pd;
 	unsigned long flags;
 
 	rcu_read_lock();
@@ -291,7 +251,7 @@ static void ptb_copy_io_done(unsigned long error, void *context)
 static void ptb_copy_submit(struct ptb_copy *c, blk_opf_t opf,
 			    struct block_device *bdev)
 {
-	struct ptb_job *job = c->job;
+	struct ptb_image *img = c->img;
 	struct dm_io_region where = {
 		.bdev = bdev,
 		.sector = c->sector,
@@ -303,7 +263,7 @@ static void ptb_copy_submit(struct ptb_copy *c, blk_opf_t opf,
 		.mem.ptr.vma = c->buf,
 		.notify.fn = ptb_copy_io_done,
 		.notify.context = c,
-		.client = job->pd->io_client,
+		.client = img->pd->io_client,
 	};
 	int r;
 
@@ -314,11 +274,11 @@ static void ptb_copy_submit(struct ptb_copy *c, blk_opf_t opf,
 
 static void ptb_copy_read(struct ptb_copy *c)
 {
-	struct ptb_job *job = c->job;
+	struct ptb_image *img = c->img;
 
-	c->buf = job->slot_buf[--job->free_slots];
+	c->buf = img->slot_buf[--img->free_slots];
 	c->stage = PTB_COPY_READING;
-	ptb_copy_submit(c, REQ_OP_READ, job->origin);
+	ptb_copy_submit(c, REQ_OP_READ, img->origin);
 }
 
 /*
@@ -328,11 +288,11 @@ static void ptb_copy_read(struct ptb_copy *c)
  */
 static void ptb_copy_write(struct ptb_copy *c)
 {
-	struct ptb_job *job = c->job;
-	struct block_device *target = job->target.bdev;
+	struct ptb_image *img = c->img;
+	struct block_device *target = img->target;
 
 	c->zero = !memchr_inv(c->buf, 0, c->len << SECTOR_SHIFT);
-	c->write_zeroes = c->zero && !job->no_write_zeroes &&
+	c->write_zeroes = c->zero && !img->no_write_zeroes &&
 			  bdev_write_zeroes_sectors(target);
 	c->stage = PTB_COPY_WRITING;
 	ptb_copy_submit(c, c->write_zeroes ? REQ_OP_WRITE_ZEROES : REQ_OP_WRITE,
@@ -340,17 +300,17 @@ static void ptb_copy_write(struct ptb_copy *c)
 }
 
 /*
- * Find the copy of this chunk for this job, starting one if there is none.
- * Returns NULL when no descriptor could be had without sleeping on the
- * pool (whose elements only the worker itself gives back).
+ * Find the copy of this chunk for this image, starting one if there is
+ * none.  Returns NULL when no descriptor could be had without sleeping on
+ * the pool (whose elements only the worker itself gives back).
  */
-static struct ptb_copy *ptb_copy_get(struct ptb_job *job, unsigned long chunk)
+static struct ptb_copy *ptb_copy_get(struct ptb_image *img, unsigned long chunk)
 {
-	struct ptb_device *pd = job->pd;
+	struct ptb_device *pd = img->pd;
 	struct ptb_copy *c;
 	sector_t sector;
 
-	c = ptb_copy_find(job, chunk);
+	c = ptb_copy_find(img, chunk);
 	if (c)
 		return c;
 
@@ -358,12 +318,12 @@ static struct ptb_copy *ptb_copy_get(struct ptb_job *job, unsigned long chunk)
 	if (!c)
 		return NULL;
 
-	sector = (sector_t)chunk << job->chunk_shift;
-	c->job = job;
+	sector = (sector_t)chunk << img->chunk_shift;
+	c->img = img;
 	c->chunk = chunk;
 	c->sector = sector;
-	c->len = min_t(sector_t, (sector_t)1 << job->chunk_shift,
-		       job->dev_sectors - sector);
+	c->len = min_t(sector_t, (sector_t)1 << img->chunk_shift,
+		       img->dev_sectors - sector);
 	c->buf = NULL;
 	bio_list_init(&c->waiters);
 	c->error = 0;
@@ -371,19 +331,19 @@ static struct ptb_copy *ptb_copy_get(struct ptb_job *job, unsigned long chunk)
 	c->write_zeroes = false;
 	c->stage = PTB_COPY_QUEUED;
 	ptb_io_start(pd);
-	hash_add(pd->copies, &c->hnode, ptb_copy_key(job, chunk));
-	job->copies_in_flight++;
+	hash_add(pd->copies, &c->hnode, ptb_copy_key(img, chunk));
+	img->copies_in_flight++;
 
-	if (job->free_slots)
+	if (img->free_slots)
 		ptb_copy_read(c);
 	else
-		list_add_tail(&c->list, &job->slot_waiters);
+		list_add_tail(&c->list, &img->slot_waiters);
 	return c;
 }
 
-int ptb_copy_start(struct ptb_job *job, unsigned long chunk)
+int ptb_copy_start(struct ptb_image *img, unsigned long chunk)
 {
-	return ptb_copy_get(job, chunk) ? 0 : -ENOMEM;
+	return ptb_copy_get(img, chunk) ? 0 : -ENOMEM;
 }
 
 static void ptb_requeue_bios(struct ptb_device *pd, struct bio_list *bios)
@@ -400,19 +360,19 @@ static void ptb_requeue_bios(struct ptb_device *pd, struct bio_list *bios)
 
 static void ptb_copy_finish(struct ptb_copy *c)
 {
-	struct ptb_job *job = c->job;
-	struct ptb_device *pd = job->pd;
+	struct ptb_image *img = c->img;
+	struct ptb_device *pd = img->pd;
 	struct ptb_copy *next;
 
 	hash_del(&c->hnode);
 	ptb_requeue_bios(pd, &c->waiters);
 
-	job->slot_buf[job->free_slots++] = c->buf;
-	job->copies_in_flight--;
+	img->slot_buf[img->free_slots++] = c->buf;
+	img->copies_in_flight--;
 	mempool_free(c, &pd->copy_pool);
 	ptb_io_end(pd);
 
-	next = list_first_entry_or_null(&job->slot_waiters, struct ptb_copy, list);
+	next = list_first_entry_or_null(&img->slot_waiters, struct ptb_copy, list);
 	if (next) {
 		list_del(&next->list);
 		ptb_copy_read(next);
@@ -427,22 +387,14 @@ static void ptb_fail_bios(struct bio_list *bios)
 		bio_io_error(bio);
 }
 
+/* The owner decides whether writes waiting for the copy fail. */
 static void ptb_copy_failed(struct ptb_copy *c, enum ptb_error_site site)
 {
-	struct ptb_job *job = c->job;
+	struct ptb_image *img = c->img;
+	bool waits = !bio_list_empty(&c->waiters);
 
-	if (bio_list_empty(&c->waiters)) {
-		ptb_job_error(job, site, c->error,
-			      site == PTB_SITE_SOURCE ? job->on_source_error :
-							job->on_target_error);
-	} else if (job->on_cbw_error == PTB_CBW_BREAK_GUEST_WRITE) {
-		DMERR_LIMIT("%s: job %s: copy of chunk %lu failed (%d), failing the write",
-			    ptb_device_name(job->pd), job->id, c->chunk, c->error);
-		ptb_job_record_error(job, PTB_SITE_CBW, c->error);
+	if (img->ops->failed(img, c->chunk, site, c->error, waits))
 		ptb_fail_bios(&c->waiters);
-	} else {
-		ptb_job_fail(job, PTB_SITE_CBW, c->error);
-	}
 	ptb_copy_finish(c);
 }
 
@@ -457,16 +409,17 @@ static void ptb_copy_advance(struct ptb_copy *c)
 		break;
 	case PTB_COPY_WRITING:
 		if (c->error && c->write_zeroes) {
-			DMWARN_LIMIT("%s: job %s: target rejected write-zeroes (%d), writing zeroes as data",
-				     ptb_device_name(c->job->pd), c->job->id, c->error);
-			c->job->no_write_zeroes = true;
+			DMWARN_LIMIT("%s: %s: target rejected write-zeroes (%d), writing zeroes as data",
+				     ptb_device_name(c->img->pd), c->img->name, c->error);
+			c->img->no_write_zeroes = true;
 			c->error = 0;
 			c->write_zeroes = false;
-			ptb_copy_submit(c, REQ_OP_WRITE, c->job->target.bdev);
+			ptb_copy_submit(c, REQ_OP_WRITE, c->img->target);
 		} else if (c->error) {
 			ptb_copy_failed(c, PTB_SITE_TARGET);
 		} else {
-			ptb_job_copy_done(c->job, c->chunk, c->len, c->zero);
+			set_bit(c->chunk, c->img->done);
+			c->img->ops->copied(c->img, c->len, c->zero);
 			ptb_copy_finish(c);
 		}
 		break;
@@ -482,26 +435,15 @@ static void ptb_copy_advance(struct ptb_copy *c)
 /* Returns false if the bio could not be handled now and must be retried. */
 static bool ptb_handle_write(struct ptb_device *pd, struct bio *bio)
 {
-	struct ptb_bio *pb = dm_per_bio_data(bio, sizeof(struct ptb_bio));
-	struct ptb_job *job;
+	struct ptb_image *img;
 	struct ptb_copy *c;
 	unsigned long chunk;
 
-	if (!pb->counted) {
-		/* Held by a hold: it has not been through the map checks. */
-		if (!ptb_account_write(pd, pb, bio))
-			return true;
-		if (ptb_bitmaps_mark(pd, bio)) {
-			ptb_defer_mark(pd, bio);
-			return true;
-		}
-	}
-
-	for_each_job_in_worker(job, pd) {
-		if (!ptb_job_first_pending(job, bio->bi_iter.bi_sector,
-					   bio_sectors(bio), &chunk))
+	for_each_image_in_worker(img, pd) {
+		if (!ptb_image_first_pending(img, bio->bi_iter.bi_sector,
+					     bio_sectors(bio), &chunk))
 			continue;
-		c = ptb_copy_get(job, chunk);
+		c = ptb_copy_get(img, chunk);
 		if (!c)
 			return false;
 		bio_list_add(&c->waiters, bio);
@@ -544,7 +486,7 @@ void ptb_do_worker(struct work_struct *ws)
 	unsigned long wake = 0, delay;
 	struct bio_list bios;
 	LIST_HEAD(done);
-	struct ptb_job *job;
+	struct ptb_image *img;
 
 	for (;;) {
 		spin_lock_irq(&pd->bio_lock);
@@ -563,8 +505,8 @@ void ptb_do_worker(struct work_struct *ws)
 		cond_resched();
 	}
 
-	for_each_job_in_worker(job, pd) {
-		delay = ptb_job_service(job);
+	for_each_image_in_worker(img, pd) {
+		delay = img->ops->service(img);
 		if (delay && (!wake || delay < wake))
 			wake = delay;
 	}
@@ -587,12 +529,8 @@ int ptb_cow_init(struct ptb_device *pd)
 {
 	int r;
 
-	spin_lock_init(&pd->bio_lock);
-	bio_list_init(&pd->held_bios);
 	bio_list_init(&pd->deferred_bios);
 	INIT_LIST_HEAD(&pd->completed_copies);
-	atomic_set(&pd->writes_in_flight, 0);
-	init_waitqueue_head(&pd->writes_drained);
 	atomic_set(&pd->io_in_flight, 0);
 	init_waitqueue_head(&pd->io_idle);
 	hash_init(pd->copies);

@@ -1,9 +1,15 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * dm-ptbackup copy-before-write engine (ptb-cow.c): write accounting and
- * the write hold that gives a job its point in time, the deferred-write
- * queue, the table of chunk copies in flight and the worker that drives
- * them and services the jobs.
+ * dm-ptbackup copy-before-write engine (ptb-cow.c): the deferred-write
+ * queue, images with their chunk buffers, the table of chunk copies in
+ * flight and the worker that drives them.
+ *
+ * An image is the point-in-time contents of the device that one owner (a
+ * backup job) saves to a target: while it is protected, a write to a chunk
+ * not yet saved waits until the chunk's old data is on the target.  The
+ * engine knows nothing of jobs: it tells the owner of saved and failed
+ * copies, and lets it advance (sweep, flush) from the worker, through the
+ * image's ops.
  *
  * Contexts: as marked; unmarked functions run in the worker.
  */
@@ -12,22 +18,70 @@
 
 #include "ptb.h"
 
+struct ptb_image;
+
+struct ptb_image_ops {
+	/* A chunk of len sectors is on the target (zero: all zeroes). */
+	void (*copied)(struct ptb_image *img, sector_t len, bool zero);
+	/*
+	 * The copy of chunk failed at site.  writes_wait: user writes wait
+	 * for it; return true to fail them, false to let them go on.
+	 */
+	bool (*failed)(struct ptb_image *img, unsigned long chunk,
+		       enum ptb_error_site site, int err, bool writes_wait);
+	/* Advance after the worker's pass: 0 or a delay in jiffies. */
+	unsigned long (*service)(struct ptb_image *img);
+};
+
+struct ptb_image {
+	struct list_head node;		/* pd->images, RCU; pd->lock */
+	struct ptb_device *pd;
+	const struct ptb_image_ops *ops;
+	const char *name;		/* for log lines */
+	/*
+	 * The map path reads these.  protected only ever goes from true to
+	 * false; a done bit is set only once the chunk's old data is on the
+	 * target, and never cleared.
+	 */
+	bool protected;			/* READ_ONCE */
+	unsigned int chunk_shift;	/* chunk size in sectors, log2 */
+	unsigned long nr_chunks;
+	unsigned long *done;
+	sector_t dev_sectors;		/* size of the device at the point in time */
+	struct block_device *origin;
+	struct block_device *target;
+
+	/* Worker only. */
+	unsigned int nr_slots;
+	unsigned int free_slots;
+	void **slot_buf;		/* free_slots buffers at the front */
+	unsigned int copies_in_flight;	/* entries in the copy table */
+	struct list_head slot_waiters;	/* copies waiting for a buffer */
+	bool no_write_zeroes;		/* the target rejected write-zeroes */
+};
+
+/* Process context, may sleep; the image is not yet published. */
+int ptb_image_init(struct ptb_image *img, struct ptb_device *pd,
+		   const struct ptb_image_ops *ops, const char *name,
+		   unsigned int chunk_shift, sector_t dev_sectors,
+		   unsigned int nr_slots);
+void ptb_image_free_buffers(struct ptb_image *img);	/* no copy in flight */
+void ptb_image_exit(struct ptb_image *img);
+/* Publish and unpublish (pd->lock; publish with writes held). */
+void ptb_image_publish(struct ptb_image *img);
+void ptb_image_unpublish(struct ptb_image *img);	/* may sleep */
+/* Stop protecting: writes no longer wait for this image (any context). */
+void ptb_image_unprotect(struct ptb_image *img);
+
 int ptb_cow_init(struct ptb_device *pd);
 void ptb_cow_exit(struct ptb_device *pd);
 bool ptb_write_needs_cow(struct ptb_device *pd, struct bio *bio); /* any context, RCU */
 void ptb_defer_bio(struct ptb_device *pd, struct bio *bio);	/* any context */
 void ptb_wake_worker(struct ptb_device *pd);			/* any context */
-bool ptb_account_write(struct ptb_device *pd, struct ptb_bio *pb,
-		       struct bio *bio);				/* any context */
-void ptb_hold_writes(struct ptb_device *pd);			/* may sleep */
-bool ptb_try_hold_writes(struct ptb_device *pd);		/* may sleep */
-/* ptb_hold_writes() takes pd->hold_lock, ptb_release_writes() drops it. */
-void ptb_release_writes(struct ptb_device *pd);		/* may sleep */
-void ptb_write_done(struct ptb_device *pd, struct ptb_bio *pb);	/* any context */
 void ptb_do_worker(struct work_struct *ws);
 void ptb_do_waker(struct work_struct *ws);
-int ptb_copy_start(struct ptb_job *job, unsigned long chunk);	/* worker */
-bool ptb_copy_in_flight(struct ptb_job *job, unsigned long chunk); /* worker */
+int ptb_copy_start(struct ptb_image *img, unsigned long chunk);	/* worker */
+bool ptb_copy_in_flight(struct ptb_image *img, unsigned long chunk); /* worker */
 
 void ptb_io_start(struct ptb_device *pd);			/* worker */
 void ptb_io_end(struct ptb_device *pd);				/* any context */

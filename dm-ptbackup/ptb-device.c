@@ -11,6 +11,7 @@
 #include "ptb-device.h"
 #include "ptb-bitmap.h"
 #include "ptb-cow.h"
+#include "ptb-gate.h"
 #include "ptb-job.h"
 #include "ptb-metadata.h"
 
@@ -23,7 +24,7 @@ static DEFINE_MUTEX(ptb_devices_lock);
 
 /* The per-device object, shared by the device's table instances. */
 
-void ptb_device_event(struct ptb_device *pd)
+static void ptb_device_event(struct ptb_device *pd)
 {
 	mutex_lock(&pd->event_lock);
 	if (pd->live)
@@ -42,7 +43,8 @@ static struct ptb_device *ptb_device_lookup(struct mapped_device *md)
 	return NULL;
 }
 
-static struct ptb_device *ptb_device_create(struct mapped_device *md)
+static struct ptb_device *ptb_device_create(struct mapped_device *md,
+					    const struct ptb_write_ops *ops)
 {
 	struct ptb_device *pd;
 
@@ -50,10 +52,13 @@ static struct ptb_device *ptb_device_create(struct mapped_device *md)
 	if (!pd)
 		return NULL;
 	pd->md = md;
+	pd->write_ops = ops;
+	pd->notify = ptb_device_event;
 	mutex_init(&pd->lock);
 	mutex_init(&pd->event_lock);
-	mutex_init(&pd->hold_lock);
+	ptb_gate_init(pd);
 	INIT_LIST_HEAD(&pd->jobs);
+	INIT_LIST_HEAD(&pd->images);
 	if (ptb_bitmaps_init(pd))
 		goto bad_bitmaps;
 	if (ptb_cow_init(pd))
@@ -78,19 +83,8 @@ static void ptb_device_destroy(struct ptb_device *pd)
 	ptb_cow_exit(pd);
 	mutex_destroy(&pd->lock);
 	mutex_destroy(&pd->event_lock);
+	mutex_destroy(&pd->hold_lock);
 	kfree(pd);
-}
-
-static bool ptb_device_has_active_jobs(struct ptb_device *pd)
-{
-	struct ptb_job *job;
-
-	lockdep_assert_held(&pd->lock);
-	/* Ending jobs may still read the origin: until they are released. */
-	list_for_each_entry(job, &pd->jobs, node)
-		if (!ptb_job_released(job))
-			return true;
-	return false;
 }
 
 /*
@@ -98,18 +92,30 @@ static bool ptb_device_has_active_jobs(struct ptb_device *pd)
  * and no job may start until it is resumed or cleared: a job copies from
  * the origin it started on.
  */
+/* Does a job not yet released copy from another origin than bdev? */
+static bool ptb_device_jobs_elsewhere(struct ptb_device *pd,
+				      struct block_device *bdev)
+{
+	struct ptb_job *job;
+
+	lockdep_assert_held(&pd->lock);
+	list_for_each_entry(job, &pd->jobs, node)
+		if (!ptb_job_released(job) && job->img.origin != bdev)
+			return true;
+	return false;
+}
+
 static int ptb_device_check_origin(struct ptb_device *pd, struct ptb_target *pt,
 				   char **error)
 {
 	struct ptb_target *live = pd->live;
 
-	if (!live || live->origin->bdev == pt->origin->bdev)
-		return 0;
-	if (ptb_device_has_active_jobs(pd)) {
+	if (ptb_device_jobs_elsewhere(pd, pt->origin->bdev)) {
 		*error = "Cannot change the origin device while a backup job is running";
 		return -EBUSY;
 	}
-	pd->origin_change = pt;
+	if (live && live->origin->bdev != pt->origin->bdev)
+		pd->origin_change = pt;
 	return 0;
 }
 
@@ -172,9 +178,11 @@ static int ptb_device_attach_metadata(struct ptb_device *pd,
  * Attach a new table instance to its device's object, creating the object
  * for the first table.  Nothing the live device uses changes here.
  */
-int ptb_device_attach(struct ptb_target *pt, char **error)
+int ptb_device_attach(struct ptb_target *pt, const struct ptb_write_ops *ops,
+		      char **error)
 {
 	struct mapped_device *md = dm_table_get_md(pt->ti->table);
+	struct ptb_target *prev_change;
 	struct ptb_device *pd;
 	bool created = false;
 	int r;
@@ -182,7 +190,7 @@ int ptb_device_attach(struct ptb_target *pt, char **error)
 	mutex_lock(&ptb_devices_lock);
 	pd = ptb_device_lookup(md);
 	if (!pd) {
-		pd = ptb_device_create(md);
+		pd = ptb_device_create(md, ops);
 		if (!pd) {
 			*error = "Cannot allocate device state";
 			r = -ENOMEM;
@@ -191,12 +199,13 @@ int ptb_device_attach(struct ptb_target *pt, char **error)
 		created = true;
 	}
 	mutex_lock(&pd->lock);
+	prev_change = pd->origin_change;
 	r = ptb_device_check_origin(pd, pt, error);
 	if (!r)
 		r = ptb_device_check_metadata(pd, pt, error);
 	if (r) {
-		if (pd->origin_change == pt)
-			pd->origin_change = NULL;
+		/* The table loaded before this one is still there. */
+		pd->origin_change = prev_change;
 		if (pt->pending_md)
 			ptb_tracking_unload(pt->pending_md);
 		pt->pending_md = NULL;
@@ -229,16 +238,17 @@ void ptb_device_detach(struct ptb_target *pt)
 	mutex_lock(&pd->lock);
 	if (pd->origin_change == pt)
 		pd->origin_change = NULL;
+	/* Under pd->lock too: status and bitmap messages read pd->live. */
+	mutex_lock(&pd->event_lock);
+	if (pd->live == pt)
+		pd->live = NULL;
+	mutex_unlock(&pd->event_lock);
 	mutex_unlock(&pd->lock);
 	if (pt->pending_md)
 		ptb_tracking_unload(pt->pending_md);
 	pt->pending_md = NULL;
 
 	mutex_lock(&ptb_devices_lock);
-	mutex_lock(&pd->event_lock);
-	if (pd->live == pt)
-		pd->live = NULL;
-	mutex_unlock(&pd->event_lock);
 	last = !--pd->nr_targets;
 	if (last)
 		list_del(&pd->node);
@@ -270,8 +280,31 @@ void ptb_device_presuspend_undo(struct ptb_device *pd)
 
 void ptb_device_postsuspend(struct ptb_device *pd)
 {
+	/* A worker pass that saw no suspend yet may still issue copies. */
+	flush_work(&pd->worker);
 	wait_event(pd->io_idle, !atomic_read(&pd->io_in_flight));
 	ptb_bitmaps_quiesce(pd);
+}
+
+/*
+ * What the constructor checked may have changed since (a job started, a
+ * persistent bitmap added): check again.  A failed preresume leaves the
+ * device suspended with the new table; reload a good one and resume.
+ */
+static int ptb_device_check_resume(struct ptb_device *pd, struct ptb_target *pt)
+{
+	if (ptb_device_jobs_elsewhere(pd, pt->origin->bdev)) {
+		DMERR("%s: resume: a backup job still copies from another origin device",
+		      ptb_device_name(pd));
+		return -EBUSY;
+	}
+	if (pd->pmd && pt->ti->len > ptb_metadata_dev_sectors(pd->pmd) &&
+	    ptb_has_persistent(pd)) {
+		DMERR("%s: resume: the device is larger than its persistent bitmaps cover",
+		      ptb_device_name(pd));
+		return -EINVAL;
+	}
+	return 0;
 }
 
 /*
@@ -285,9 +318,16 @@ int ptb_device_preresume(struct ptb_target *pt)
 	int r;
 
 	mutex_lock(&pd->lock);
-	r = ptb_device_attach_metadata(pd, pt);
+	r = ptb_device_check_resume(pd, pt);
 	if (!r)
-		r = ptb_bitmaps_grow(pd, pt->ti->len);
+		r = ptb_device_attach_metadata(pd, pt);
+	if (!r) {
+		/* Bits and successors change only with writes held. */
+		ptb_hold_writes(pd);
+		r = ptb_bitmaps_fit(pd, pd->live ? pd->live->ti->len : pt->ti->len,
+				    pt->ti->len);
+		ptb_release_writes(pd);
+	}
 	if (!r && pd->origin_change == pt)
 		pd->origin_change = NULL;
 	mutex_unlock(&pd->lock);

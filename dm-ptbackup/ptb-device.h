@@ -6,16 +6,33 @@
  * attaches in its constructor and detaches in its destructor.
  *
  * Contexts: attach, detach, the suspend and resume hooks run in process
- * context and may sleep; ptb_device_event() may sleep (event_lock).
+ * context and may sleep.  Lower layers raise events through pd->notify
+ * and hand writes back through pd->write_ops, so they call nothing here.
  */
 #ifndef DM_PTBACKUP_DEVICE_H
 #define DM_PTBACKUP_DEVICE_H
 
 #include "ptb.h"
 
+/*
+ * What the lower layers of the write path hand back up; the target
+ * registers them (ptb_device_attach()).
+ */
+struct ptb_write_ops {
+	/* Writes parked by a hold that was just lifted (process context). */
+	void (*released)(struct ptb_device *pd, struct bio_list *bios);
+	/* A hold was lifted (process context). */
+	void (*hold_released)(struct ptb_device *pd);
+	/* A write's intent region is logged: on past tracking (work item). */
+	void (*marked)(struct ptb_device *pd, struct bio *bio);
+};
+
 struct ptb_device {
 	struct list_head node;		/* global device list */
 	struct mapped_device *md;
+	const struct ptb_write_ops *write_ops;
+	/* Raise a device-mapper event (set by ptb-device.c; may sleep). */
+	void (*notify)(struct ptb_device *pd);
 	unsigned int nr_targets;	/* table instances, under ptb_devices_lock */
 	struct ptb_target *live;	/* instance that gets events; event_lock */
 	struct mutex event_lock;
@@ -23,6 +40,8 @@ struct ptb_device {
 	struct mutex lock;		/* messages, job list changes */
 	struct list_head jobs;
 	unsigned int nr_jobs;
+	/* The jobs' images, read by the map path and the worker (RCU). */
+	struct list_head images;
 
 	/* Dirty bitmaps, and the metadata that keeps them. */
 	struct ptb_metadata *pmd;	/* NULL without a metadata device */
@@ -97,9 +116,9 @@ static inline const char *ptb_device_name(struct ptb_device *pd)
 	return dm_disk(pd->md)->disk_name;
 }
 
-int ptb_device_attach(struct ptb_target *pt, char **error);
+int ptb_device_attach(struct ptb_target *pt, const struct ptb_write_ops *ops,
+		      char **error);
 void ptb_device_detach(struct ptb_target *pt);
-void ptb_device_event(struct ptb_device *pd);
 void ptb_device_presuspend(struct ptb_device *pd);
 void ptb_device_presuspend_undo(struct ptb_device *pd);
 void ptb_device_postsuspend(struct ptb_device *pd);

@@ -38,9 +38,12 @@
 #include "ptb-device.h"
 #include "ptb-bitmap.h"
 #include "ptb-cow.h"
+#include "ptb-gate.h"
 #include "ptb-job.h"
 
 #define DM_MSG_PREFIX "ptbackup"
+
+static const struct ptb_image_ops ptb_job_image_ops;
 
 #define PTB_RETRY_DELAY		(HZ / 10)
 #define PTB_RATE_BURST_NS	(50 * NSEC_PER_MSEC)
@@ -123,8 +126,10 @@ static bool ptb_job_transition(struct ptb_job *job, unsigned long from_mask,
 			return false;
 	} while (!try_cmpxchg(&job->state, &old, to));
 
+	if (!(BIT(to) & PTB_ACTIVE_STATES))
+		ptb_image_unprotect(&job->img);
 	if (strcmp(ptb_state_names[old], ptb_state_names[to]))
-		ptb_device_event(job->pd);
+		job->pd->notify(job->pd);
 	if (!(BIT(to) & PTB_ACTIVE_STATES) || to == PTB_JOB_HANDING_OVER)
 		ptb_wake_worker(job->pd);
 	return true;
@@ -153,43 +158,10 @@ static void ptb_job_log_completion(struct ptb_job *job)
 
 /* Creation. */
 
-static void ptb_job_free_slots(struct ptb_job *job)
-{
-	unsigned int i;
-
-	if (!job->slot_buf)
-		return;
-	for (i = 0; i < job->nr_slots; i++)
-		vfree(job->slot_buf[i]);
-	kfree(job->slot_buf);
-	job->slot_buf = NULL;
-}
-
-static int ptb_job_alloc_slots(struct ptb_job *job, unsigned int nr_slots)
-{
-	size_t size = (size_t)1 << (job->chunk_shift + SECTOR_SHIFT);
-	unsigned int i;
-
-	job->slot_buf = kcalloc(nr_slots, sizeof(void *), GFP_KERNEL);
-	if (!job->slot_buf)
-		return -ENOMEM;
-	job->nr_slots = nr_slots;
-	for (i = 0; i < nr_slots; i++) {
-		job->slot_buf[i] = vmalloc(size);
-		if (!job->slot_buf[i]) {
-			ptb_job_free_slots(job);
-			return -ENOMEM;
-		}
-	}
-	job->free_slots = nr_slots;
-	return 0;
-}
-
 static void ptb_job_free(struct ptb_job *job)
 {
-	ptb_job_free_slots(job);
+	ptb_image_exit(&job->img);
 	ptb_bdev_close(&job->target, job);
-	kvfree(job->done);
 	kfree(job);
 }
 
@@ -244,6 +216,7 @@ static int ptb_job_open_target(struct ptb_target *pt, struct ptb_job *job,
 	}
 
 	target = job->target.bdev;
+	job->img.target = target;
 	job->target_dev = target->bd_dev;
 	if (bdev_nr_sectors(target) < pt->ti->len) {
 		DMERR("%s: backup start %s: target %s: %llu sectors, fewer than the device's %llu",
@@ -267,7 +240,7 @@ static int ptb_job_check_bitmap(struct ptb_target *pt,
 {
 	const char *name = ptb_device_name(pt->pd);
 	struct ptb_bitmap *b;
-	struct ptb_job *busy;
+	const struct ptb_bitmap_user *busy;
 
 	if (!p->bitmap) {
 		if (p->sync == PTB_SYNC_INCREMENTAL) {
@@ -290,7 +263,7 @@ static int ptb_job_check_bitmap(struct ptb_target *pt,
 	busy = READ_ONCE(b->busy);
 	if (busy) {
 		DMERR("%s: backup start %s: bitmap %s is in use by job %s", name,
-		      p->id, b->name, busy->id);
+		      p->id, b->name, busy->name);
 		return -EBUSY;
 	}
 	if (p->sync == PTB_SYNC_INCREMENTAL && READ_ONCE(b->inconsistent)) {
@@ -319,7 +292,7 @@ static void ptb_job_handover(struct ptb_job *job)
 					    BIT(PTB_JOB_CANCELLING) |
 					    BIT(PTB_JOB_FAILING))))
 		return;
-	ptb_bitmap_thaw(pd, job->bitmap, job, state == PTB_JOB_HANDING_OVER);
+	ptb_bitmap_thaw(pd, job->bitmap, state == PTB_JOB_HANDING_OVER);
 	WRITE_ONCE(job->bitmap, NULL);
 	ptb_wake_worker(pd);
 }
@@ -334,7 +307,8 @@ static void ptb_job_do_handover(struct work_struct *ws)
 	struct ptb_job *job = container_of(ws, struct ptb_job, handover_work);
 	struct ptb_device *pd = job->pd;
 
-	if (!ptb_try_hold_writes(pd))
+	/* Queued again while it ran: nothing to do, hold nothing. */
+	if (!READ_ONCE(job->bitmap) || !ptb_try_hold_writes(pd))
 		return;
 	ptb_job_handover(job);
 	ptb_release_writes(pd);
@@ -354,30 +328,22 @@ void ptb_job_undo_start(struct ptb_job *job)
 		DMINFO("%s: job %s cancelled: its transaction is undone",
 		       ptb_device_name(job->pd), job->id);
 	if (job->bitmap) {
-		job->bitmap_mode = PTB_BITMAP_NEVER;
-		ptb_bitmap_thaw(job->pd, job->bitmap, job, false);
+		job->bitmap_user.mode = PTB_BITMAP_NEVER;
+		ptb_bitmap_thaw(job->pd, job->bitmap, false);
 		WRITE_ONCE(job->bitmap, NULL);
 	}
 	ptb_wake_worker(job->pd);
 	wait_for_completion(&job->finished);
 }
 
-/*
- * Create a job and start it.  Its point in time is when it is published:
- * writes are held back and drained first, so every write completed before
- * this call is in the backup and every write held or issued after it is
- * not.  Caller holds pd->lock.  On error nothing has changed.
- */
-int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p)
+/* Checks against the device's jobs and bitmaps; nothing is opened. */
+static int ptb_job_check_start(struct ptb_target *pt,
+			       const struct ptb_job_params *p,
+			       struct ptb_bitmap **bitmap)
 {
 	struct ptb_device *pd = pt->pd;
 	const char *name = ptb_device_name(pd);
-	struct ptb_bitmap *bitmap = NULL;
-	unsigned long *succ = NULL;
-	struct ptb_job *job;
 	int r;
-
-	lockdep_assert_held(&pd->lock);
 
 	if (ptb_job_find(pd, p->id)) {
 		DMERR("%s: backup start: job %s already exists", name, p->id);
@@ -394,16 +360,19 @@ int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p)
 		return -ENOSPC;
 	}
 	r = ptb_job_check_target(pt, p->id, p->target_path);
-	if (r)
-		return r;
-	r = ptb_job_check_bitmap(pt, p, &bitmap);
-	if (r)
-		return r;
+	return r ? r : ptb_job_check_bitmap(pt, p, bitmap);
+}
 
-	job = kzalloc(sizeof(*job), GFP_KERNEL);
+/* A new job, not yet published: its target open, its memory allocated. */
+static int ptb_job_new(struct ptb_target *pt, const struct ptb_job_params *p,
+		       struct ptb_job **jobp)
+{
+	struct ptb_job *job = kzalloc(sizeof(*job), GFP_KERNEL);
+	int r;
+
 	if (!job)
 		return -ENOMEM;
-	job->pd = pd;
+	job->pd = pt->pd;
 	strscpy(job->id, p->id, sizeof(job->id));
 	job->sync = p->sync;
 	job->speed = p->speed;
@@ -411,80 +380,106 @@ int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p)
 	job->on_target_error = p->on_target_error;
 	job->on_cbw_error = p->on_cbw_error;
 	job->state = PTB_JOB_RUNNING;
-	job->chunk_shift = pt->chunk_shift;
-	job->dev_sectors = pt->ti->len;
-	job->nr_chunks = DIV_ROUND_UP_SECTOR_T(job->dev_sectors, pt->chunk_sectors);
-	job->bytes_total = (u64)job->dev_sectors << SECTOR_SHIFT;
-	job->origin = pt->origin->bdev;
+	job->bytes_total = (u64)pt->ti->len << SECTOR_SHIFT;
 	job->rate_next = ktime_get();
 	INIT_WORK(&job->handover_work, ptb_job_do_handover);
-	INIT_LIST_HEAD(&job->slot_waiters);
 	init_completion(&job->finished);
 	atomic64_set(&job->bytes_done, 0);
 	atomic64_set(&job->zero_bytes, 0);
 
-	r = ptb_job_open_target(pt, job, p->target_path);
-	if (r)
-		goto bad;
+	r = ptb_image_init(&job->img, pt->pd, &ptb_job_image_ops, job->id,
+			   pt->chunk_shift, pt->ti->len, pt->copy_slots);
+	if (!r) {
+		job->img.origin = pt->origin->bdev;
+		r = ptb_job_open_target(pt, job, p->target_path);
+	}
+	if (r) {
+		ptb_job_free(job);
+		return r;
+	}
+	*jobp = job;
+	return 0;
+}
 
-	r = -ENOMEM;
-	job->done = kvcalloc(BITS_TO_LONGS(job->nr_chunks), sizeof(long),
-			     GFP_KERNEL);
-	if (!job->done)
-		goto bad;
-	r = ptb_job_alloc_slots(job, pt->copy_slots);
+/*
+ * Create a job and start it.  Its point in time is when it is published:
+ * writes are held back and drained first, so every write completed before
+ * this call is in the backup and every write held or issued after it is
+ * not.  Caller holds pd->lock.  On error nothing has changed.
+ */
+int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p)
+{
+	struct ptb_device *pd = pt->pd;
+	struct ptb_bitmap *bitmap = NULL;
+	unsigned long *succ = NULL;
+	struct ptb_job *job;
+	int r;
+
+	lockdep_assert_held(&pd->lock);
+	r = ptb_job_check_start(pt, p, &bitmap);
 	if (r)
-		goto bad;
+		return r;
+	r = ptb_job_new(pt, p, &job);
+	if (r)
+		return r;
 	if (bitmap) {
 		r = ptb_bitmap_prepare_job(bitmap, &succ);
-		if (r)
-			goto bad;
-		job->bitmap_mode = p->bitmap_mode;
+		if (r) {
+			ptb_job_free(job);
+			return r;
+		}
 	}
 
 	ptb_hold_writes(pd);
 	if (bitmap) {
 		job->bitmap = bitmap;
-		ptb_bitmap_freeze(bitmap, job, succ);
+		job->bitmap_user = (struct ptb_bitmap_user) {
+			.name = job->id,
+			.done = job->img.done,
+			.nr_chunks = job->img.nr_chunks,
+			.chunk_shift = job->img.chunk_shift,
+			.dev_sectors = job->img.dev_sectors,
+			.mode = p->bitmap_mode,
+		};
+		ptb_bitmap_freeze(bitmap, &job->bitmap_user, succ);
 		if (job->sync == PTB_SYNC_INCREMENTAL)
-			ptb_bitmap_select_chunks(bitmap, job);
+			job->bytes_total = ptb_bitmap_select_chunks(bitmap);
 	}
-	list_add_tail_rcu(&job->node, &pd->jobs);
+	list_add_tail(&job->node, &pd->jobs);
 	pd->nr_jobs++;
+	ptb_image_publish(&job->img);
 	ptb_release_writes(pd);
 
 	DMINFO("%s: job %s: backup of %lu chunks of %u sectors to %u:%u started, sync=%s",
-	       name, job->id, job->nr_chunks, 1U << job->chunk_shift,
+	       ptb_device_name(pd), job->id, job->img.nr_chunks, 1U << job->img.chunk_shift,
 	       MAJOR(job->target_dev), MINOR(job->target_dev),
 	       ptb_sync_name(job->sync));
-	ptb_device_event(pd);
+	pd->notify(pd);
 	return 0;
-
-bad:
-	ptb_job_free(job);
-	return r;
 }
 
 /*----------------------------------------------------------------*/
 
 /* Progress and errors.  Worker only. */
 
-void ptb_job_copy_done(struct ptb_job *job, unsigned long chunk, sector_t len,
-		       bool zero)
+/* The image's ops: what the copy engine reports.  Worker only. */
+static void ptb_job_copied(struct ptb_image *img, sector_t len, bool zero)
 {
-	set_bit(chunk, job->done);
+	struct ptb_job *job = container_of(img, struct ptb_job, img);
+
 	atomic64_add((u64)len << SECTOR_SHIFT, &job->bytes_done);
 	if (zero)
 		atomic64_add((u64)len << SECTOR_SHIFT, &job->zero_bytes);
 }
 
-void ptb_job_record_error(struct ptb_job *job, enum ptb_error_site site, int err)
+static void ptb_job_record_error(struct ptb_job *job, enum ptb_error_site site,
+				 int err)
 {
 	WRITE_ONCE(job->error_site, site);
 	WRITE_ONCE(job->last_error, err);
 }
 
-void ptb_job_fail(struct ptb_job *job, enum ptb_error_site site, int err)
+static void ptb_job_fail(struct ptb_job *job, enum ptb_error_site site, int err)
 {
 	ptb_job_record_error(job, site, err);
 	if (ptb_job_transition(job, PTB_CANCELLABLE_STATES, PTB_JOB_FAILING))
@@ -497,10 +492,13 @@ static void ptb_job_error_from(struct ptb_job *job, unsigned long from_mask,
 			       enum ptb_error_site site, int err,
 			       enum ptb_error_action action)
 {
+	if (action == PTB_ERR_REPORT) {
+		ptb_job_fail(job, site, err);
+		return;
+	}
 	ptb_job_record_error(job, site, err);
 	switch (action) {
 	case PTB_ERR_REPORT:
-		ptb_job_fail(job, site, err);
 		break;
 	case PTB_ERR_IGNORE:
 		DMERR_LIMIT("%s: job %s: %s error %d, retrying",
@@ -519,10 +517,32 @@ static void ptb_job_error_from(struct ptb_job *job, unsigned long from_mask,
 	}
 }
 
-void ptb_job_error(struct ptb_job *job, enum ptb_error_site site, int err,
-		   enum ptb_error_action action)
+/*
+ * A copy failed.  No write waits for it: the policy for its site.  Writes
+ * wait for it (copy-before-write): break-guest-write fails them while the
+ * job is active; break-snapshot fails the job and lets them go on.
+ */
+static bool ptb_job_copy_failed(struct ptb_image *img, unsigned long chunk,
+				enum ptb_error_site site, int err, bool writes_wait)
 {
-	ptb_job_error_from(job, BIT(PTB_JOB_RUNNING), site, err, action);
+	struct ptb_job *job = container_of(img, struct ptb_job, img);
+
+	if (!writes_wait) {
+		ptb_job_error_from(job, BIT(PTB_JOB_RUNNING), site, err,
+				   site == PTB_SITE_SOURCE ? job->on_source_error :
+							     job->on_target_error);
+		return false;
+	}
+	if (!ptb_job_active(job))
+		return false;
+	if (job->on_cbw_error == PTB_CBW_BREAK_GUEST_WRITE) {
+		DMERR_LIMIT("%s: job %s: copy of chunk %lu failed (%d), failing the write",
+			    ptb_device_name(job->pd), job->id, chunk, err);
+		ptb_job_record_error(job, PTB_SITE_CBW, err);
+		return true;
+	}
+	ptb_job_fail(job, PTB_SITE_CBW, err);
+	return false;
 }
 
 /*----------------------------------------------------------------*/
@@ -559,29 +579,29 @@ static void ptb_job_rate_charge(struct ptb_job *job, ktime_t now, u64 bytes)
 
 static unsigned long ptb_job_sweep(struct ptb_job *job)
 {
-	unsigned int max_copies = max(1U, job->nr_slots - job->nr_slots / 4);
+	unsigned int max_copies = max(1U, job->img.nr_slots - job->img.nr_slots / 4);
 	unsigned long chunk, delay;
 	ktime_t now;
 
-	while (job->copies_in_flight < max_copies) {
+	while (job->img.copies_in_flight < max_copies) {
 		now = ktime_get();
 		delay = ptb_job_rate_delay(job, now);
 		if (delay)
 			return delay;
 
-		chunk = find_next_zero_bit(job->done, job->nr_chunks, job->cursor);
-		if (chunk >= job->nr_chunks) {
-			job->cursor = job->nr_chunks;
+		chunk = find_next_zero_bit(job->img.done, job->img.nr_chunks, job->cursor);
+		if (chunk >= job->img.nr_chunks) {
+			job->cursor = job->img.nr_chunks;
 			break;
 		}
 		job->cursor = chunk + 1;
-		if (ptb_copy_in_flight(job, chunk))
+		if (ptb_copy_in_flight(&job->img, chunk))
 			continue;
-		if (ptb_copy_start(job, chunk)) {
+		if (ptb_copy_start(&job->img, chunk)) {
 			job->cursor = chunk;
 			return 1;
 		}
-		ptb_job_rate_charge(job, now, (u64)1 << (job->chunk_shift + SECTOR_SHIFT));
+		ptb_job_rate_charge(job, now, (u64)1 << (job->img.chunk_shift + SECTOR_SHIFT));
 	}
 	return 0;
 }
@@ -627,13 +647,20 @@ static void ptb_job_flush(struct ptb_job *job)
 static void ptb_job_release(struct ptb_job *job, enum ptb_job_state from,
 			    enum ptb_job_state to)
 {
-	if (!ptb_job_transition(job, BIT(from), to))
+	struct ptb_device *pd = job->pd;
+	int old = from;
+
+	/* Only the worker releases; a cancel may have moved the job on. */
+	if (!try_cmpxchg(&job->state, &old, to))
 		return;
-	ptb_job_free_slots(job);
+	ptb_image_unprotect(&job->img);
+	ptb_image_free_buffers(&job->img);
 	ptb_bdev_close(&job->target, job);
 	if (to == PTB_JOB_COMPLETED)
 		ptb_job_log_completion(job);
 	complete_all(&job->finished);
+	/* After the target is closed: whoever the event wakes may reuse it. */
+	pd->notify(pd);
 }
 
 static void ptb_job_flush_done(struct ptb_job *job, int r)
@@ -656,7 +683,7 @@ static void ptb_job_service_ending(struct ptb_job *job, enum ptb_job_state state
 		[PTB_JOB_FAILING] = PTB_JOB_FAILED,
 	};
 
-	if (job->copies_in_flight || READ_ONCE(job->flush_result) == 1)
+	if (job->img.copies_in_flight || READ_ONCE(job->flush_result) == 1)
 		return;
 	if (READ_ONCE(job->bitmap)) {
 		/*
@@ -687,10 +714,10 @@ static unsigned long ptb_job_service_running(struct ptb_job *job)
 	}
 
 	delay = ptb_job_sweep(job);
-	if (delay || job->cursor < job->nr_chunks || job->copies_in_flight)
+	if (delay || job->cursor < job->img.nr_chunks || job->img.copies_in_flight)
 		return delay;
 
-	if (find_first_zero_bit(job->done, job->nr_chunks) < job->nr_chunks) {
+	if (find_first_zero_bit(job->img.done, job->img.nr_chunks) < job->img.nr_chunks) {
 		/* Chunks skipped while in flight, or failed: go round again. */
 		job->cursor = 0;
 		return job->retry_at ? job->retry_at - jiffies : 1;
@@ -699,9 +726,10 @@ static unsigned long ptb_job_service_running(struct ptb_job *job)
 	return 0;
 }
 
-/* Advance a job (worker).  Returns 0 or a delay, as above. */
-unsigned long ptb_job_service(struct ptb_job *job)
+/* Advance a job (the image's service op).  Returns 0 or a delay. */
+static unsigned long ptb_job_service(struct ptb_image *img)
 {
+	struct ptb_job *job = container_of(img, struct ptb_job, img);
 	int state = READ_ONCE(job->state), r;
 
 	switch (state) {
@@ -709,9 +737,11 @@ unsigned long ptb_job_service(struct ptb_job *job)
 		return ptb_job_service_running(job);
 	case PTB_JOB_FLUSHING:
 		r = READ_ONCE(job->flush_result);
-		if (r != 1)
-			ptb_job_flush_done(job, r);
-		return 0;
+		if (r == 1)
+			return 0;
+		ptb_job_flush_done(job, r);
+		/* Policy ignore: back to running, the flush is retried later. */
+		return job->retry_at ? max_t(long, 1, (long)(job->retry_at - jiffies)) : 0;
 	case PTB_JOB_HANDING_OVER:
 	case PTB_JOB_CANCELLING:
 	case PTB_JOB_FAILING:
@@ -721,6 +751,12 @@ unsigned long ptb_job_service(struct ptb_job *job)
 		return 0;
 	}
 }
+
+static const struct ptb_image_ops ptb_job_image_ops = {
+	.copied = ptb_job_copied,
+	.failed = ptb_job_copy_failed,
+	.service = ptb_job_service,
+};
 
 /*----------------------------------------------------------------*/
 
@@ -764,13 +800,11 @@ static void ptb_job_remove(struct ptb_job *job)
 {
 	struct ptb_device *pd = job->pd;
 
-	list_del_rcu(&job->node);
+	list_del(&job->node);
 	pd->nr_jobs--;
-	/* Completions of its flush run under RCU (ptb_job_flush_end_io()). */
-	synchronize_rcu();
+	/* Also waits for the completions of its flush (RCU) and the worker. */
+	ptb_image_unpublish(&job->img);
 	cancel_work_sync(&job->handover_work);
-	/* The worker walks the list outside RCU; let its current run end. */
-	flush_work(&pd->worker);
 	ptb_job_free(job);
 }
 
@@ -834,6 +868,6 @@ unsigned int ptb_job_emit(const struct ptb_job *job, char *result,
 	DMEMIT(" zero=%llu target=%u:%u chunk=%u error=%s\n",
 	       (unsigned long long)atomic64_read(&job->zero_bytes),
 	       MAJOR(job->target_dev), MINOR(job->target_dev),
-	       1U << job->chunk_shift, error);
+	       1U << job->img.chunk_shift, error);
 	return sz;
 }

@@ -12,6 +12,8 @@
 #define DM_PTBACKUP_JOB_H
 
 #include "ptb.h"
+#include "ptb-bitmap.h"
+#include "ptb-cow.h"
 
 /*
  * A job's life (ptb-job.c has the diagram).  Running, paused, flushing and
@@ -48,7 +50,7 @@ struct ptb_job_params {
 };
 
 struct ptb_job {
-	struct list_head node;		/* pd->jobs, RCU */
+	struct list_head node;		/* pd->jobs; pd->lock */
 	struct ptb_device *pd;
 	char id[PTB_JOB_ID_MAX + 1];
 	enum ptb_sync_mode sync;
@@ -57,29 +59,18 @@ struct ptb_job {
 	enum ptb_cbw_action on_cbw_error;
 	u64 speed;			/* WRITE_ONCE/READ_ONCE */
 	struct ptb_bitmap *bitmap;	/* busy with this job; NULL once handed back */
-	int bitmap_mode;		/* enum ptb_bitmap_mode */
+	struct ptb_bitmap_user bitmap_user;	/* what the bitmap sees of it */
 
-	/* Read by the map path. */
 	int state;			/* enum ptb_job_state, cmpxchg */
-	unsigned int chunk_shift;	/* chunk size in sectors, log2 */
-	unsigned long nr_chunks;
-	unsigned long *done;		/* chunk's old data is on the target */
-
-	sector_t dev_sectors;		/* size of the device at start */
-	struct block_device *origin;
+	/* What the copy engine keeps: done chunks, buffers, copies. */
+	struct ptb_image img;
 	struct ptb_bdev target;
 	dev_t target_dev;
 
 	/* Worker only. */
 	unsigned long cursor;		/* next chunk for the background sweep */
-	unsigned int nr_slots;
-	unsigned int free_slots;
-	void **slot_buf;		/* free_slots buffers at the front */
-	unsigned int copies_in_flight;	/* entries in the copy table */
-	struct list_head slot_waiters;	/* copies waiting for a buffer */
 	ktime_t rate_next;		/* background may issue from then on */
 	unsigned long retry_at;		/* jiffies, 0: none (policy "ignore") */
-	bool no_write_zeroes;		/* the target rejected write-zeroes */
 	int flush_result;		/* 1 in flight, else 0 or -errno */
 
 	/* Bitmap hand-over when the job ends; under the write hold. */
@@ -103,15 +94,7 @@ int ptb_job_dismiss(struct ptb_job *job);
 void ptb_jobs_destroy(struct ptb_device *pd);
 bool ptb_job_active(const struct ptb_job *job);		/* any context */
 bool ptb_job_released(const struct ptb_job *job);		/* any context */
-void ptb_job_copy_done(struct ptb_job *job, unsigned long chunk,
-		       sector_t len, bool zero);			/* worker */
-void ptb_job_error(struct ptb_job *job, enum ptb_error_site site, int err,
-		   enum ptb_error_action action);		/* worker */
-void ptb_job_fail(struct ptb_job *job, enum ptb_error_site site, int err);
-void ptb_job_record_error(struct ptb_job *job, enum ptb_error_site site,
-			  int err);					/* any context */
 void ptb_job_undo_start(struct ptb_job *job);		/* write hold owned */
-unsigned long ptb_job_service(struct ptb_job *job);		/* worker */
 int ptb_job_cancel(struct ptb_job *job);			/* may sleep */
 int ptb_job_pause(struct ptb_job *job);
 int ptb_job_resume(struct ptb_job *job);

@@ -14,6 +14,7 @@
 #include "ptb-device.h"
 #include "ptb-bitmap.h"
 #include "ptb-cow.h"
+#include "ptb-gate.h"
 #include "ptb-job.h"
 #include "ptb-message.h"
 

@@ -42,7 +42,7 @@
 #define PTB_MD_MIN_REGION_SHIFT	13	/* sectors */
 #define PTB_MD_CSUM_XOR		0x70746231
 /* 512 PiB: bitmap sizes in bytes and bits never wrap. */
-#define PTB_MD_MAX_DEV_SECTORS	(1ULL << 50)
+#define PTB_MD_MAX_DEV_SECTORS	BIT_ULL(50)
 
 #define PTB_DISK_BITMAP_ENABLED	BIT(0)
 
@@ -156,6 +156,25 @@ static enum ptb_sb_kind ptb_md_classify(const void *block, u32 *version)
 	return PTB_SB_VALID;
 }
 
+/* Two bitmaps whose areas overlap, or with the same name? */
+static bool ptb_md_slots_clash(const struct ptb_metadata *pmd)
+{
+	const struct ptb_md_slot *a, *b;
+	unsigned int i, j;
+
+	for (i = 0; i < PTB_MAX_PERSISTENT_BITMAPS; i++) {
+		a = &pmd->slots[i];
+		for (j = i + 1; a->used && j < PTB_MAX_PERSISTENT_BITMAPS; j++) {
+			b = &pmd->slots[j];
+			if (b->used && (!strcmp(a->b.name, b->b.name) ||
+					(a->first_block < b->first_block + b->nr_blocks &&
+					 b->first_block < a->first_block + a->nr_blocks)))
+				return true;
+		}
+	}
+	return false;
+}
+
 static int ptb_md_unpack(struct ptb_metadata *pmd,
 			 const struct ptb_disk_superblock *sb, char **error)
 {
@@ -192,7 +211,8 @@ static int ptb_md_unpack(struct ptb_metadata *pmd,
 		s->nr_blocks = le64_to_cpu(d->nr_blocks);
 		if (s->first_block < PTB_MD_FIRST_DATA_BLOCK ||
 		    s->nr_blocks != ptb_md_blocks_for(s->b.nr_bits) ||
-		    s->first_block + s->nr_blocks > pmd->nr_blocks ||
+		    s->first_block > pmd->nr_blocks ||
+		    s->nr_blocks > pmd->nr_blocks - s->first_block ||
 		    s->b.granularity_shift < SECTOR_SHIFT ||
 		    s->b.granularity_shift > 40 ||
 		    s->b.nr_bits != ptb_md_bits_for(pmd->dev_sectors,
@@ -200,6 +220,10 @@ static int ptb_md_unpack(struct ptb_metadata *pmd,
 			*error = "Metadata superblock describes an impossible bitmap";
 			return -EINVAL;
 		}
+	}
+	if (ptb_md_slots_clash(pmd)) {
+		*error = "Metadata superblock describes an impossible bitmap (overlap or name)";
+		return -EINVAL;
 	}
 	memcpy(pmd->committed, pmd->slots, sizeof(pmd->slots));
 	return 0;

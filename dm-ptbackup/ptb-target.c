@@ -20,11 +20,14 @@
 #include "ptb-device.h"
 #include "ptb-bitmap.h"
 #include "ptb-cow.h"
+#include "ptb-gate.h"
 #include "ptb-job.h"
 #include "ptb-message.h"
 #include "ptb-metadata.h"
 
 #define DM_MSG_PREFIX "ptbackup"
+
+static const struct ptb_write_ops ptb_write_ops;
 
 /*----------------------------------------------------------------*/
 
@@ -171,7 +174,7 @@ static int ptb_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	r = parse_features(pt, &as, &ti->error);
 	if (r)
 		goto bad;
-	r = ptb_device_attach(pt, &ti->error);
+	r = ptb_device_attach(pt, &ptb_write_ops, &ti->error);
 	if (r)
 		goto bad;
 
@@ -211,6 +214,55 @@ static void ptb_split_write(struct ptb_target *pt, struct bio *bio)
 		dm_accept_partial_bio(bio, pt->chunk_sectors - offset);
 }
 
+/*
+ * The write path, once past the gate: tracking may first need the write's
+ * intent logged (the marker hands it back through ptb_write_marked()),
+ * then the copy engine may need old data saved first (its worker submits
+ * it).  Returns a DM_MAPIO_* verdict.
+ */
+static int ptb_route_cow(struct ptb_device *pd, struct bio *bio)
+{
+	if (likely(list_empty(&pd->images)) || !ptb_write_needs_cow(pd, bio))
+		return DM_MAPIO_REMAPPED;
+	ptb_defer_bio(pd, bio);
+	return DM_MAPIO_SUBMITTED;
+}
+
+static int ptb_route_write(struct ptb_device *pd, struct bio *bio)
+{
+	if (!list_empty(&pd->bitmaps) && ptb_bitmaps_mark(pd, bio)) {
+		ptb_defer_mark(pd, bio);
+		return DM_MAPIO_SUBMITTED;
+	}
+	return ptb_route_cow(pd, bio);
+}
+
+static void ptb_write_marked(struct ptb_device *pd, struct bio *bio)
+{
+	if (ptb_route_cow(pd, bio) == DM_MAPIO_REMAPPED)
+		dm_submit_bio_remap(bio, NULL);
+}
+
+/* Writes that waited for a hold: through the gate and the path again. */
+static void ptb_writes_released(struct ptb_device *pd, struct bio_list *bios)
+{
+	struct ptb_bio *pb;
+	struct bio *bio;
+
+	while ((bio = bio_list_pop(bios))) {
+		pb = dm_per_bio_data(bio, sizeof(struct ptb_bio));
+		if (ptb_account_write(pd, pb, bio) &&
+		    ptb_route_write(pd, bio) == DM_MAPIO_REMAPPED)
+			dm_submit_bio_remap(bio, NULL);
+	}
+}
+
+static const struct ptb_write_ops ptb_write_ops = {
+	.released = ptb_writes_released,
+	.hold_released = ptb_wake_worker,
+	.marked = ptb_write_marked,
+};
+
 static int ptb_map(struct dm_target *ti, struct bio *bio)
 {
 	struct ptb_target *pt = ti->private;
@@ -225,19 +277,11 @@ static int ptb_map(struct dm_target *ti, struct bio *bio)
 	if (!op_is_write(bio_op(bio)) || !bio_sectors(bio))
 		return DM_MAPIO_REMAPPED;
 
-	if (!list_empty(&pd->jobs) || READ_ONCE(pd->hold_writes))
+	if (!list_empty(&pd->images) || READ_ONCE(pd->hold_writes))
 		ptb_split_write(pt, bio);
 	if (!ptb_account_write(pd, pb, bio))
 		return DM_MAPIO_SUBMITTED;
-	if (!list_empty(&pd->bitmaps) && ptb_bitmaps_mark(pd, bio)) {
-		ptb_defer_mark(pd, bio);
-		return DM_MAPIO_SUBMITTED;
-	}
-	if (likely(list_empty(&pd->jobs)) || !ptb_write_needs_cow(pd, bio))
-		return DM_MAPIO_REMAPPED;
-
-	ptb_defer_bio(pd, bio);
-	return DM_MAPIO_SUBMITTED;
+	return ptb_route_write(pd, bio);
 }
 
 static int ptb_end_io(struct dm_target *ti, struct bio *bio,

@@ -13,21 +13,25 @@
  *                       reload.  Freed when its last table is destroyed
  *                       (dmsetup remove), which cancels the jobs first.
  *  struct ptb_target  - one per table instance (ti->private).
- *  struct ptb_job     - a backup job.  On the device's RCU job list from
+ *  struct ptb_job     - a backup job.  On the device's job list from
  *                       `backup start' until `job dismiss' (or removal).
- *  struct ptb_copy    - one chunk being copied to one job's target, with
+ *  struct ptb_image   - a job's point-in-time image as the copy engine
+ *                       sees it; on the device's RCU image list as long.
+ *  struct ptb_copy    - one chunk being copied to one image's target, with
  *                       the writes waiting for it.
  *
- * Locking and contexts: see Documentation/ptbackup.rst.
- *  - pd->lock (mutex) serialises messages, job list changes and reloads.
- *  - pd->bio_lock (spinlock, irq-safe) guards the deferred bio lists and the
+ * Locking and contexts: Documentation/ptbackup.rst, "Locking and contexts".
+ *  - pd->lock (mutex) serialises messages, job and bitmap list changes,
+ *    status, the constructor's checks and preresume.
+ *  - pd->hold_lock (mutex) belongs to the owner of the write hold.
+ *  - pd->bio_lock (spinlock, irq-safe) guards the bio lists and the
  *    completed-copy list.
- *  - Everything else about copies (the in-flight table, slots, cursors,
- *    job state transitions other than pause/resume) belongs to the worker,
- *    a single-threaded workqueue, and needs no lock.
- *  - The map path only reads: the job list under RCU, job->state and the
- *    per-job done bitmap.  A done bit is set only after the chunk's old data
- *    is on the target, and never cleared while the job is active.
+ *  - The copy table, slots, cursors and copies in flight belong to the
+ *    worker, a single-threaded workqueue, and need no lock.  Job states
+ *    change by cmpxchg only.
+ *  - The map path only reads: the image list under RCU, an image's
+ *    protected flag and done bitmap.  A done bit is set only after the
+ *    chunk's old data is on the target, and never cleared.
  */
 #ifndef DM_PTBACKUP_H
 #define DM_PTBACKUP_H

@@ -11,7 +11,7 @@ need_root
 need_cmd dmsetup python3
 need_module dm-delay
 
-tap_plan 33
+tap_plan 38
 lib=$(cd "$(dirname "$0")/lib" && pwd)
 t1=$(make_loop 32)
 dm_rm() { dmsetup remove "$@" >/dev/null 2>&1; }
@@ -102,6 +102,19 @@ tap_eq "grown device: the new area is dirty in a transient bitmap" "16777216 167
 dm_msg ptb_d bitmap clear tb
 dd if=/dev/urandom of=/dev/mapper/ptb_d bs=64k count=1 seek=400 oflag=direct status=none
 tap_eq "grown device: a write past the old size is recorded" "26214400 65536" "$(dump ptb_d tb)"
+resize() { dmsetup load ptb_d --table "0 $1 ptbackup $o4 - 128" &&
+	dmsetup suspend ptb_d && dmsetup resume ptb_d; }
+dm_msg ptb_d bitmap add tg granularity=1M
+resize 41984
+dm_msg ptb_d bitmap clear tg
+resize 49152
+tap_eq "grown from inside a granule: that granule is dirty too" "20971520 4194304" \
+	"$(dump ptb_d tg)"
+resize 16384
+dm_msg ptb_d bitmap clear tg
+resize 32768
+tap_eq "shrunk, cleared, grown back: the regrown area is dirty" "8388608 8388608" \
+	"$(dump ptb_d tg)"
 dm_rm ptb_d
 
 # 5. Cancel during the final flush: the job ends cancelled, so its bitmap
@@ -120,6 +133,16 @@ tap_eq "cancel during the final flush is accepted" "0" "$TAP_RC"
 tap_eq "cancelled during the final flush: the job is cancelled, the bitmap kept" \
 	"cancelled 1048576 1048576" "$(ptb_job_field ptb_e f state) $(dump ptb_e b5)"
 dm_msg ptb_e job dismiss f
+
+# Cancel of a job with a bitmap while the device is suspended: its hand-over
+# still runs, so the cancel returns (and resume is not blocked by it).
+dm_msg ptb_e backup start fs /dev/mapper/ptb_t5 sync=full bitmap=b5 speed=64K
+dmsetup suspend ptb_e
+timeout 60 dmsetup message ptb_e 0 job cancel fs
+tap_eq "cancel while suspended returns, the bitmap kept" "0 cancelled 1048576 1048576" \
+	"$? $(ptb_job_field ptb_e fs state) $(dump ptb_e b5)"
+dmsetup resume ptb_e
+dm_msg ptb_e job dismiss fs
 
 # Pause during the final flush: nothing is left to copy, the job completes.
 dm_msg ptb_e backup start p /dev/mapper/ptb_t5 sync=full
@@ -230,6 +253,7 @@ fi
 o8=$(make_loop 16) m8=$(make_loop 8)
 dm_create ptb_i "0 $sz ptbackup $o8 $m8 128"
 dm_msg ptb_i bitmap add cb
+dm_msg ptb_i bitmap add cc
 dm_rm ptb_i
 img=$(mktemp /tmp/ptb-md.XXXXXX)
 tap_on_exit rm -f "$img"
@@ -255,8 +279,12 @@ craft set "$m8" region_shift 40
 mrefuse "a device size whose byte count wraps is refused"
 craft set "$m8" dev_sectors 0
 mrefuse "a device size of zero is refused"
+craft set "$m8" first_block '(1<<64)-2'
+mrefuse "an area whose end wraps is refused"
+craft set "$m8" first_block "$(craft get "$m8" first_block 1)" 0
+mrefuse "two bitmaps sharing an area are refused"
 tap_check "the untouched image still loads" \
 	dmsetup create ptb_i --table "0 $sz ptbackup $o8 $m8 128"
-tap_eq "with its bitmap" "1" "$(dm_status_field ptb_i 4)"
+tap_eq "with its bitmaps" "2" "$(dm_status_field ptb_i 4)"
 dm_rm ptb_i
 tap_done
