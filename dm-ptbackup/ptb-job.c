@@ -104,7 +104,7 @@ const char *ptb_sync_name(enum ptb_sync_mode m)
 	return ptb_sync_names[m];
 }
 
-bool ptb_job_active(const struct ptb_job *job)
+static bool ptb_job_active(const struct ptb_job *job)
 {
 	return BIT(READ_ONCE(job->state)) & PTB_ACTIVE_STATES;
 }

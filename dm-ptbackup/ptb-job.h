@@ -92,7 +92,6 @@ int ptb_job_check_target(struct ptb_target *pt, const char *id,
 			 const char *path);
 int ptb_job_dismiss(struct ptb_job *job);
 void ptb_jobs_destroy(struct ptb_device *pd);
-bool ptb_job_active(const struct ptb_job *job);		/* any context */
 bool ptb_job_released(const struct ptb_job *job);		/* any context */
 void ptb_job_undo_start(struct ptb_job *job);		/* write hold owned */
 int ptb_job_cancel(struct ptb_job *job);			/* may sleep */

@@ -11,7 +11,7 @@ need_root
 need_cmd dmsetup python3
 need_module dm-delay
 
-tap_plan 38
+tap_plan 41
 lib=$(cd "$(dirname "$0")/lib" && pwd)
 t1=$(make_loop 32)
 dm_rm() { dmsetup remove "$@" >/dev/null 2>&1; }
@@ -51,6 +51,22 @@ dm_msg ptb_a bitmap clear pm
 dd if=/dev/urandom of=/dev/mapper/ptb_a bs=64k count=1 seek=30 oflag=direct status=none
 tap_eq "the attached bitmap records writes" "1966080 65536" "$(dump ptb_a pm)"
 dm_rm ptb_a
+
+# What the constructor checked no longer holds at resume (a transient
+# bitmap added since takes the name of a persistent one): refused there.
+dm_create ptb_j "0 $sz ptbackup $o1 - 128"
+dmsetup load ptb_j --table "0 $sz ptbackup $o1 $m1 128"
+dm_msg ptb_j bitmap add pm
+dmesg_mark
+tap_expect_fail "resume attaching metadata with a clashing bitmap name is refused" \
+	dmsetup resume ptb_j
+tap_check "and the log says why" grep -q \
+	"cannot attach the metadata device: A persistent bitmap has the name of a transient one" \
+	<(dmesg_since)
+tap_eq "and nothing was attached" "- 1" "$(dm_status_field ptb_j 3) $(dm_status_field ptb_j 4)"
+dmsetup load ptb_j --table "0 $sz ptbackup $o1 - 128"
+dmsetup resume ptb_j
+dm_rm ptb_j
 
 # 2. A loaded table that changes the origin: no job may start until it is
 # resumed or cleared; a reload changing the origin under a job is refused.
