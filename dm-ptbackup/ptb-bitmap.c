@@ -8,20 +8,19 @@
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
 
-#include "ptb-device.h"
 #include "ptb-bitmap.h"
 #include "ptb-gate.h"
 
 #define DM_MSG_PREFIX "ptbackup"
 
 /* Bitmaps are freed only after the marker is flushed: see ptb_bitmap_remove(). */
-static inline bool __maybe_unused ptb_in_marker(struct ptb_device *pd)
+static inline bool __maybe_unused ptb_in_marker(struct ptb_tracking *trk)
 {
-	return current_work() == &pd->marker.work;
+	return current_work() == &trk->marker.work;
 }
 
-#define for_each_bitmap_in_marker(b, pd) \
-	list_for_each_entry_rcu(b, &(pd)->bitmaps, node, ptb_in_marker(pd))
+#define for_each_bitmap_in_marker(b, trk) \
+	list_for_each_entry_rcu(b, &(trk)->bitmaps, node, ptb_in_marker(trk))
 
 /* The granules [*first, *last] a bio touches; false if none. */
 static bool ptb_bitmap_range(const struct ptb_bitmap *b, sector_t sector,
@@ -69,13 +68,13 @@ static unsigned long *ptb_bits_alloc(unsigned long nr_bits, gfp_t gfp)
 /*----------------------------------------------------------------*/
 
 /* The intent regions [*first, *last] a bio touches. */
-static void ptb_intent_range(struct ptb_device *pd, sector_t sector,
+static void ptb_intent_range(struct ptb_tracking *trk, sector_t sector,
 			     unsigned int sectors, unsigned long *first,
 			     unsigned long *last)
 {
-	*first = min_t(unsigned long, sector >> pd->region_shift, pd->nr_regions - 1);
-	*last = min_t(unsigned long, (sector + sectors - 1) >> pd->region_shift,
-		      pd->nr_regions - 1);
+	*first = min_t(unsigned long, sector >> trk->region_shift, trk->nr_regions - 1);
+	*last = min_t(unsigned long, (sector + sectors - 1) >> trk->region_shift,
+		      trk->nr_regions - 1);
 }
 
 /*
@@ -86,28 +85,58 @@ static void ptb_intent_range(struct ptb_device *pd, sector_t sector,
  * this sees the intent clear (and the bio waits for the marker to log it
  * again), or the commit sees the bits this bio set.
  */
-static bool ptb_intent_held(struct ptb_device *pd, sector_t sector,
+static bool ptb_intent_held(struct ptb_tracking *trk, sector_t sector,
 			    unsigned int sectors)
 {
 	unsigned long first, last, r;
 
-	ptb_intent_range(pd, sector, sectors, &first, &last);
+	ptb_intent_range(trk, sector, sectors, &first, &last);
 	for (r = first; r <= last; r++)
-		if (!test_bit(r, pd->intent))
+		if (!test_bit(r, trk->intent))
 			return false;
 	for (r = first; r <= last; r++)
-		if (!test_bit(r, pd->touched))
-			set_bit(r, pd->touched);
+		if (!test_bit(r, trk->touched))
+			set_bit(r, trk->touched);
 	return true;
+}
+
+/* Note bits first..last of a persistent bitmap for the next commit. */
+static void ptb_bitmap_note_change(struct ptb_bitmap *b, unsigned long first,
+				   unsigned long last)
+{
+	unsigned long seg;
+
+	for (seg = first / PTB_BITMAP_SEGMENT_BITS;
+	     seg <= last / PTB_BITMAP_SEGMENT_BITS; seg++)
+		set_bit(seg, b->changed);
+}
+
+/* The marker: write the segments of b changed since the last commit. */
+static int ptb_bitmap_write_changes(struct ptb_tracking *trk, struct ptb_bitmap *b)
+{
+	unsigned long seg, first, last;
+	int err = 0;
+
+	for_each_set_bit(seg, b->changed, b->nr_segments) {
+		if (!test_and_clear_bit(seg, b->changed))
+			continue;
+		first = seg * PTB_BITMAP_SEGMENT_BITS;
+		last = min(first + PTB_BITMAP_SEGMENT_BITS, b->nr_bits) - 1;
+		err = ptb_metadata_write_bits(trk->pmd, b->slot, b->bits, b->nr_bits,
+					      first, last);
+		if (err)
+			break;
+	}
+	return err;
 }
 
 /*
  * Map path.  Sets the bits of every enabled bitmap the write touches (and
  * of its successor) in core; for a persistent bitmap also notes the
- * metadata block as dirty.  Returns true if the write must first wait for
+ * segment as changed.  Returns true if the write must first wait for
  * the marker to log its intent region.
  */
-bool ptb_bitmaps_mark(struct ptb_device *pd, struct bio *bio)
+bool ptb_bitmaps_mark(struct ptb_tracking *trk, struct bio *bio)
 {
 	sector_t sector = bio->bi_iter.bi_sector;
 	unsigned int sectors = bio_sectors(bio);
@@ -116,7 +145,7 @@ bool ptb_bitmaps_mark(struct ptb_device *pd, struct bio *bio)
 	bool persistent = false, wait = false;
 
 	rcu_read_lock();
-	list_for_each_entry_rcu(b, &pd->bitmaps, node) {
+	list_for_each_entry_rcu(b, &trk->bitmaps, node) {
 		if (!READ_ONCE(b->enabled) ||
 		    !ptb_bitmap_range(b, sector, sectors, &first, &last))
 			continue;
@@ -131,27 +160,25 @@ bool ptb_bitmaps_mark(struct ptb_device *pd, struct bio *bio)
 		if (ptb_bits_all_set(b->bits, first, last))
 			continue;
 		ptb_bits_set(b->bits, first, last);
-		/* Bits before block: pairs with ptb_bitmaps_sync(). */
+		/* Bits before segment: pairs with ptb_bitmaps_sync(). */
 		smp_mb__before_atomic();
-		for (first /= PTB_MD_BITS_PER_BLOCK; first <= last / PTB_MD_BITS_PER_BLOCK;
-		     first++)
-			set_bit(first, b->dirty_blocks);
+		ptb_bitmap_note_change(b, first, last);
 	}
 	/* After a metadata failure (bitmaps_lost) writes no longer wait. */
-	if (persistent && !atomic_read(&pd->bitmaps_lost))
-		wait = !ptb_intent_held(pd, sector, sectors);
+	if (persistent && !atomic_read(&trk->bitmaps_lost))
+		wait = !ptb_intent_held(trk, sector, sectors);
 	rcu_read_unlock();
 	return wait;
 }
 
-void ptb_defer_mark(struct ptb_device *pd, struct bio *bio)
+void ptb_defer_mark(struct ptb_tracking *trk, struct bio *bio)
 {
 	unsigned long flags;
 
-	spin_lock_irqsave(&pd->bio_lock, flags);
-	bio_list_add(&pd->mark_bios, bio);
-	spin_unlock_irqrestore(&pd->bio_lock, flags);
-	mod_delayed_work(pd->mark_wq, &pd->marker, 0);
+	spin_lock_irqsave(&trk->mark_lock, flags);
+	bio_list_add(&trk->mark_bios, bio);
+	spin_unlock_irqrestore(&trk->mark_lock, flags);
+	mod_delayed_work(trk->mark_wq, &trk->marker, 0);
 }
 
 /*
@@ -159,54 +186,54 @@ void ptb_defer_mark(struct ptb_device *pd, struct bio *bio)
  * so, loudly, once: flag the bitmaps (incremental backups from them are
  * refused), log, and raise an event.
  */
-void ptb_bitmaps_lost_tracking(struct ptb_device *pd)
+void ptb_bitmaps_lost_tracking(struct ptb_tracking *trk)
 {
 	struct ptb_bitmap *b;
 
-	if (atomic_xchg(&pd->bitmaps_lost, 1))
+	if (atomic_xchg(&trk->bitmaps_lost, 1))
 		return;
 	rcu_read_lock();
-	list_for_each_entry_rcu(b, &pd->bitmaps, node)
+	list_for_each_entry_rcu(b, &trk->bitmaps, node)
 		if (b->slot >= 0)
 			WRITE_ONCE(b->inconsistent, true);
 	rcu_read_unlock();
 	DMERR("%s: metadata failed: persistent bitmaps no longer track writes; take full backups",
-	      ptb_device_name(pd));
-	pd->notify(pd);
+	      trk->name);
+	trk->ops->notify(trk);
 }
 
 /*
  * Log the intent regions of the waiting writes, with one write of the log
  * for all of them; from then on writes to those regions go straight on.
  */
-static void ptb_intent_log(struct ptb_device *pd, struct bio_list *bios)
+static void ptb_intent_log(struct ptb_tracking *trk, struct bio_list *bios)
 {
 	unsigned long first, last, r;
 	bool changed = false;
 	struct bio *bio;
 
-	if (ptb_metadata_failed(pd->pmd)) {
-		ptb_bitmaps_lost_tracking(pd);
+	if (ptb_metadata_failed(trk->pmd)) {
+		ptb_bitmaps_lost_tracking(trk);
 		return;
 	}
 	bio_list_for_each(bio, bios) {
-		ptb_intent_range(pd, bio->bi_iter.bi_sector, bio_sectors(bio),
+		ptb_intent_range(trk, bio->bi_iter.bi_sector, bio_sectors(bio),
 				 &first, &last);
 		for (r = first; r <= last; r++)
-			changed |= !__test_and_set_bit(r, pd->intent_disk);
+			changed |= !__test_and_set_bit(r, trk->intent_disk);
 	}
-	if (changed && ptb_metadata_write_intent(pd->pmd, pd->intent_disk)) {
-		ptb_bitmaps_lost_tracking(pd);
+	if (changed && ptb_metadata_write_intent(trk->pmd, trk->intent_disk)) {
+		ptb_bitmaps_lost_tracking(trk);
 		return;
 	}
-	if (bitmap_empty(pd->intent, pd->nr_regions))
-		pd->next_commit = jiffies + PTB_COMMIT_PERIOD;
+	if (bitmap_empty(trk->intent, trk->nr_regions))
+		trk->next_commit = jiffies + PTB_COMMIT_PERIOD;
 	bio_list_for_each(bio, bios) {
-		ptb_intent_range(pd, bio->bi_iter.bi_sector, bio_sectors(bio),
+		ptb_intent_range(trk, bio->bi_iter.bi_sector, bio_sectors(bio),
 				 &first, &last);
 		for (r = first; r <= last; r++) {
-			set_bit(r, pd->touched);
-			set_bit(r, pd->intent);
+			set_bit(r, trk->touched);
+			set_bit(r, trk->intent);
 		}
 	}
 }
@@ -216,50 +243,45 @@ static void ptb_intent_log(struct ptb_device *pd, struct bio_list *bios)
  * the last commit off (all of them for a clean shutdown), write the dirty
  * bitmap blocks and flush, and only then write the smaller intent log.
  */
-static void ptb_bitmaps_sync(struct ptb_device *pd)
+static void ptb_bitmaps_sync(struct ptb_tracking *trk)
 {
-	bool clean = READ_ONCE(pd->clean_request);
-	unsigned long n = pd->nr_regions, r, blk;
+	bool clean = READ_ONCE(trk->clean_request);
+	unsigned long n = trk->nr_regions, r;
 	struct ptb_bitmap *b;
 	int err = 0;
 
-	bitmap_zero(pd->intent_clearing, n);
-	for_each_set_bit(r, pd->intent, n) {
-		if (test_and_clear_bit(r, pd->touched) && !clean)
+	bitmap_zero(trk->intent_clearing, n);
+	for_each_set_bit(r, trk->intent, n) {
+		if (test_and_clear_bit(r, trk->touched) && !clean)
 			continue;
-		clear_bit(r, pd->intent);
-		__set_bit(r, pd->intent_clearing);
+		clear_bit(r, trk->intent);
+		__set_bit(r, trk->intent_clearing);
 	}
 	/*
 	 * Writes that saw those intent bits set have finished marking (see
 	 * ptb_intent_held()).  No write is being mapped at a clean shutdown.
 	 */
-	if (!clean && !bitmap_empty(pd->intent_clearing, n))
+	if (!clean && !bitmap_empty(trk->intent_clearing, n))
 		synchronize_rcu();
-	if (ptb_metadata_failed(pd->pmd))
+	if (ptb_metadata_failed(trk->pmd))
 		goto out;
 
-	for_each_bitmap_in_marker(b, pd) {
-		if (!b->dirty_blocks)
-			continue;
-		for_each_set_bit(blk, b->dirty_blocks, b->nr_blocks)
-			if (test_and_clear_bit(blk, b->dirty_blocks) && !err)
-				err = ptb_metadata_copy_block(pd->pmd, b->slot, blk,
-							      b->bits);
-	}
+	for_each_bitmap_in_marker(b, trk)
+		if (b->changed && !err)
+			err = ptb_bitmap_write_changes(trk, b);
 	if (!err)
-		err = ptb_metadata_commit(pd->pmd);
-	if (!err && !bitmap_empty(pd->intent_clearing, n)) {
-		bitmap_andnot(pd->intent_disk, pd->intent_disk,
-			      pd->intent_clearing, n);
-		err = ptb_metadata_write_intent(pd->pmd, pd->intent_disk);
+		err = ptb_metadata_commit(trk->pmd);
+	if (!err && !bitmap_empty(trk->intent_clearing, n)) {
+		bitmap_andnot(trk->intent_disk, trk->intent_disk,
+			      trk->intent_clearing, n);
+		err = ptb_metadata_write_intent(trk->pmd, trk->intent_disk);
 	}
 	if (err)
-		ptb_bitmaps_lost_tracking(pd);
+		ptb_bitmaps_lost_tracking(trk);
 out:
-	pd->next_commit = jiffies + PTB_COMMIT_PERIOD;
+	trk->next_commit = jiffies + PTB_COMMIT_PERIOD;
 	if (clean)
-		WRITE_ONCE(pd->clean_request, false);
+		WRITE_ONCE(trk->clean_request, false);
 }
 
 /*
@@ -269,39 +291,39 @@ out:
  */
 static void ptb_do_marker(struct work_struct *ws)
 {
-	struct ptb_device *pd = container_of(to_delayed_work(ws),
-					     struct ptb_device, marker);
+	struct ptb_tracking *trk = container_of(to_delayed_work(ws),
+					     struct ptb_tracking, marker);
 	struct bio_list bios;
 	struct bio *bio;
 
-	spin_lock_irq(&pd->bio_lock);
-	bios = pd->mark_bios;
-	bio_list_init(&pd->mark_bios);
-	spin_unlock_irq(&pd->bio_lock);
+	spin_lock_irq(&trk->mark_lock);
+	bios = trk->mark_bios;
+	bio_list_init(&trk->mark_bios);
+	spin_unlock_irq(&trk->mark_lock);
 
 	if (!bio_list_empty(&bios))
-		ptb_intent_log(pd, &bios);
+		ptb_intent_log(trk, &bios);
 	while ((bio = bio_list_pop(&bios)))
-		pd->write_ops->marked(pd, bio);
+		trk->ops->marked(trk, bio);
 
-	if (!pd->intent)
+	if (!trk->intent)
 		return;
-	if (READ_ONCE(pd->clean_request) || time_after_eq(jiffies, pd->next_commit))
-		ptb_bitmaps_sync(pd);
-	if (!bitmap_empty(pd->intent, pd->nr_regions) &&
-	    !ptb_metadata_failed(pd->pmd))
-		queue_delayed_work(pd->mark_wq, &pd->marker,
-				   max_t(long, 1, (long)(pd->next_commit - jiffies)));
+	if (READ_ONCE(trk->clean_request) || time_after_eq(jiffies, trk->next_commit))
+		ptb_bitmaps_sync(trk);
+	if (!bitmap_empty(trk->intent, trk->nr_regions) &&
+	    !ptb_metadata_failed(trk->pmd))
+		queue_delayed_work(trk->mark_wq, &trk->marker,
+				   max_t(long, 1, (long)(trk->next_commit - jiffies)));
 }
 
 /* Commit everything and empty the intent log: no write is in flight. */
-void ptb_bitmaps_quiesce(struct ptb_device *pd)
+void ptb_bitmaps_quiesce(struct ptb_tracking *trk)
 {
-	if (!pd->intent)
+	if (!trk->intent)
 		return;
-	WRITE_ONCE(pd->clean_request, true);
-	mod_delayed_work(pd->mark_wq, &pd->marker, 0);
-	flush_delayed_work(&pd->marker);
+	WRITE_ONCE(trk->clean_request, true);
+	mod_delayed_work(trk->mark_wq, &trk->marker, 0);
+	flush_delayed_work(&trk->marker);
 }
 
 /*
@@ -350,50 +372,56 @@ static int ptb_intent_recover(struct ptb_tracking_load *ld, const char *name)
 
 /*----------------------------------------------------------------*/
 
-int ptb_bitmaps_init(struct ptb_device *pd)
+int ptb_bitmaps_init(struct ptb_tracking *trk, const struct ptb_tracking_ops *ops,
+		     const char *name, struct mutex *lock, struct ptb_gate *gate)
 {
-	INIT_LIST_HEAD(&pd->bitmaps);
-	bio_list_init(&pd->mark_bios);
-	INIT_DELAYED_WORK(&pd->marker, ptb_do_marker);
-	pd->mark_wq = alloc_ordered_workqueue("dm-ptbackup-mark", WQ_MEM_RECLAIM);
-	return pd->mark_wq ? 0 : -ENOMEM;
+	trk->ops = ops;
+	trk->name = name;
+	trk->lock = lock;
+	trk->gate = gate;
+	spin_lock_init(&trk->mark_lock);
+	INIT_LIST_HEAD(&trk->bitmaps);
+	bio_list_init(&trk->mark_bios);
+	INIT_DELAYED_WORK(&trk->marker, ptb_do_marker);
+	trk->mark_wq = alloc_ordered_workqueue("dm-ptbackup-mark", WQ_MEM_RECLAIM);
+	return trk->mark_wq ? 0 : -ENOMEM;
 }
 
 static void ptb_bitmap_free(struct ptb_bitmap *b)
 {
 	kvfree(rcu_dereference_protected(b->succ, true));
-	kvfree(b->dirty_blocks);
+	kvfree(b->changed);
 	kvfree(b->bits);
 	kfree(b);
 }
 
-static void ptb_intent_free(struct ptb_device *pd)
+static void ptb_intent_free(struct ptb_tracking *trk)
 {
-	kvfree(pd->intent);
-	kvfree(pd->touched);
-	kvfree(pd->intent_disk);
-	kvfree(pd->intent_clearing);
-	pd->intent = NULL;
-	pd->touched = NULL;
-	pd->intent_disk = NULL;
-	pd->intent_clearing = NULL;
+	kvfree(trk->intent);
+	kvfree(trk->touched);
+	kvfree(trk->intent_disk);
+	kvfree(trk->intent_clearing);
+	trk->intent = NULL;
+	trk->touched = NULL;
+	trk->intent_disk = NULL;
+	trk->intent_clearing = NULL;
 }
 
-void ptb_bitmaps_exit(struct ptb_device *pd)
+void ptb_bitmaps_exit(struct ptb_tracking *trk)
 {
 	struct ptb_bitmap *b, *tmp;
 
-	if (pd->mark_wq) {
-		cancel_delayed_work_sync(&pd->marker);
-		destroy_workqueue(pd->mark_wq);
-		pd->mark_wq = NULL;
+	if (trk->mark_wq) {
+		cancel_delayed_work_sync(&trk->marker);
+		destroy_workqueue(trk->mark_wq);
+		trk->mark_wq = NULL;
 	}
-	list_for_each_entry_safe(b, tmp, &pd->bitmaps, node) {
+	list_for_each_entry_safe(b, tmp, &trk->bitmaps, node) {
 		list_del(&b->node);
 		ptb_bitmap_free(b);
 	}
-	pd->nr_bitmaps = 0;
-	ptb_intent_free(pd);
+	trk->nr_bitmaps = 0;
+	ptb_intent_free(trk);
 }
 
 static struct ptb_bitmap *ptb_bitmap_new(const char *name, unsigned int gran_shift,
@@ -409,20 +437,20 @@ static struct ptb_bitmap *ptb_bitmap_new(const char *name, unsigned int gran_shi
 				      1ULL << gran_shift);
 	b->slot = -1;
 	b->bits = ptb_bits_alloc(b->nr_bits, GFP_KERNEL);
-	b->nr_blocks = DIV_ROUND_UP(b->nr_bits, PTB_MD_BITS_PER_BLOCK);
+	b->nr_segments = DIV_ROUND_UP(b->nr_bits, PTB_BITMAP_SEGMENT_BITS);
 	if (persistent)
-		b->dirty_blocks = ptb_bits_alloc(b->nr_blocks, GFP_KERNEL);
-	if (!b->bits || (persistent && !b->dirty_blocks)) {
+		b->changed = ptb_bits_alloc(b->nr_segments, GFP_KERNEL);
+	if (!b->bits || (persistent && !b->changed)) {
 		ptb_bitmap_free(b);
 		return NULL;
 	}
 	return b;
 }
 
-static void ptb_bitmap_publish(struct ptb_device *pd, struct ptb_bitmap *b)
+static void ptb_bitmap_publish(struct ptb_tracking *trk, struct ptb_bitmap *b)
 {
-	list_add_tail_rcu(&b->node, &pd->bitmaps);
-	pd->nr_bitmaps++;
+	list_add_tail_rcu(&b->node, &trk->bitmaps);
+	trk->nr_bitmaps++;
 }
 
 /*
@@ -431,7 +459,7 @@ static void ptb_bitmap_publish(struct ptb_device *pd, struct ptb_bitmap *b)
  */
 static int ptb_intent_alloc(struct ptb_tracking_load *ld)
 {
-	unsigned long n = PTB_MD_BITS_PER_BLOCK;
+	unsigned long n = PTB_MD_MAX_REGIONS;
 
 	ld->intent = ptb_bits_alloc(n, GFP_KERNEL);
 	ld->touched = ptb_bits_alloc(n, GFP_KERNEL);
@@ -448,23 +476,23 @@ static int ptb_intent_alloc(struct ptb_tracking_load *ld)
  * The device grew or shrank while the metadata held no persistent bitmap:
  * make the metadata cover the new size before one is added.
  */
-static int ptb_bitmaps_resize(struct ptb_device *pd, sector_t dev_sectors)
+static int ptb_bitmaps_resize(struct ptb_tracking *trk, sector_t dev_sectors)
 {
 	int r;
 
-	ptb_hold_writes(pd);
+	ptb_hold_writes(trk->gate);
 	/* Writes are drained, so the marker has no bio to strand. */
-	cancel_delayed_work_sync(&pd->marker);
-	r = ptb_metadata_resize(pd->pmd, dev_sectors);
+	cancel_delayed_work_sync(&trk->marker);
+	r = ptb_metadata_resize(trk->pmd, dev_sectors);
 	if (!r) {
-		bitmap_zero(pd->intent, PTB_MD_BITS_PER_BLOCK);
-		bitmap_zero(pd->touched, PTB_MD_BITS_PER_BLOCK);
-		bitmap_zero(pd->intent_disk, PTB_MD_BITS_PER_BLOCK);
-		pd->region_shift = ptb_metadata_region_shift(pd->pmd);
-		pd->nr_regions = ptb_metadata_nr_regions(pd->pmd);
-		r = ptb_metadata_write_intent(pd->pmd, pd->intent_disk);
+		bitmap_zero(trk->intent, PTB_MD_MAX_REGIONS);
+		bitmap_zero(trk->touched, PTB_MD_MAX_REGIONS);
+		bitmap_zero(trk->intent_disk, PTB_MD_MAX_REGIONS);
+		trk->region_shift = ptb_metadata_region_shift(trk->pmd);
+		trk->nr_regions = ptb_metadata_nr_regions(trk->pmd);
+		r = ptb_metadata_write_intent(trk->pmd, trk->intent_disk);
 	}
-	ptb_release_writes(pd);
+	ptb_release_writes(trk->gate);
 	return r;
 }
 
@@ -511,43 +539,41 @@ static void ptb_bitmap_mark_resized(struct ptb_bitmap *b, sector_t start,
 				    sector_t end)
 {
 	unsigned long *succ = rcu_dereference_protected(b->succ, true);
-	unsigned long first, last, blk;
+	unsigned long first, last;
 
 	if (start >= end || !ptb_bitmap_range(b, start, end - start, &first, &last))
 		return;
 	bitmap_set(b->bits, first, last - first + 1);
 	if (succ)
 		bitmap_set(succ, first, last - first + 1);
-	if (b->dirty_blocks)
-		for (blk = first / PTB_MD_BITS_PER_BLOCK;
-		     blk <= last / PTB_MD_BITS_PER_BLOCK; blk++)
-			set_bit(blk, b->dirty_blocks);
+	if (b->changed)
+		ptb_bitmap_note_change(b, first, last);
 }
 
 /*
  * Preresume, the device's size going from old_sectors to new_sectors:
  * transient bitmaps grow to cover it, and every bitmap marks the sectors
  * between the two ends dirty (the granule holding the smaller end too).
- * pd->lock and the write hold are held, the device is suspended.
+ * trk->lock and the write hold are held, the device is suspended.
  */
-int ptb_bitmaps_fit(struct ptb_device *pd, sector_t old_sectors,
+int ptb_bitmaps_fit(struct ptb_tracking *trk, sector_t old_sectors,
 		    sector_t new_sectors)
 {
 	struct ptb_bitmap *b;
 	unsigned long nr_bits;
 	int r;
 
-	lockdep_assert_held(&pd->lock);
+	lockdep_assert_held(trk->lock);
 	if (old_sectors == new_sectors)
 		return 0;
-	list_for_each_entry(b, &pd->bitmaps, node) {
+	list_for_each_entry(b, &trk->bitmaps, node) {
 		nr_bits = DIV_ROUND_UP_ULL((u64)new_sectors << SECTOR_SHIFT,
 					   1ULL << b->gran_shift);
 		if (b->slot < 0 && nr_bits > b->nr_bits) {
 			r = ptb_bitmap_grow(b, nr_bits);
 			if (r) {
 				DMERR("%s: bitmap %s: cannot grow it to the device's new size (%d)",
-				      ptb_device_name(pd), b->name, r);
+				      trk->name, b->name, r);
 				return r;
 			}
 		}
@@ -557,11 +583,11 @@ int ptb_bitmaps_fit(struct ptb_device *pd, sector_t old_sectors,
 	return 0;
 }
 
-bool ptb_has_persistent(struct ptb_device *pd)
+bool ptb_has_persistent(struct ptb_tracking *trk)
 {
 	struct ptb_bitmap *b;
 
-	list_for_each_entry(b, &pd->bitmaps, node)
+	list_for_each_entry(b, &trk->bitmaps, node)
 		if (b->slot >= 0)
 			return true;
 	return false;
@@ -662,13 +688,13 @@ bad:
 }
 
 /* Would a loaded bitmap take the name of one the device has? */
-int ptb_tracking_check_names(struct ptb_device *pd, struct ptb_tracking_load *ld,
+int ptb_tracking_check_names(struct ptb_tracking *trk, struct ptb_tracking_load *ld,
 			     char **error)
 {
 	struct ptb_bitmap *b;
 
 	list_for_each_entry(b, &ld->bitmaps, node) {
-		if (ptb_bitmap_find(pd, b->name)) {
+		if (ptb_bitmap_find(trk, b->name)) {
 			*error = "A persistent bitmap has the name of a transient one";
 			return -EEXIST;
 		}
@@ -679,39 +705,39 @@ int ptb_tracking_check_names(struct ptb_device *pd, struct ptb_tracking_load *ld
 /*
  * Preresume: the device takes over the loaded metadata and publishes its
  * bitmaps at one instant (writes held).  On success ld is consumed; on
- * error (a name clash) nothing changed.  Caller holds pd->lock.
+ * error (a name clash) nothing changed.  Caller holds trk->lock.
  */
-int ptb_tracking_attach(struct ptb_device *pd, struct ptb_tracking_load *ld,
+int ptb_tracking_attach(struct ptb_tracking *trk, struct ptb_tracking_load *ld,
 			dev_t dev, char **error)
 {
 	struct ptb_bitmap *b, *tmp;
-	int r = ptb_tracking_check_names(pd, ld, error);
+	int r = ptb_tracking_check_names(trk, ld, error);
 
 	if (r)
 		return r;
-	ptb_hold_writes(pd);
-	pd->pmd = ld->pmd;
-	pd->metadata_dev = dev;
-	pd->intent = ld->intent;
-	pd->touched = ld->touched;
-	pd->intent_disk = ld->intent_disk;
-	pd->intent_clearing = ld->intent_clearing;
-	pd->region_shift = ld->region_shift;
-	pd->nr_regions = ld->nr_regions;
+	ptb_hold_writes(trk->gate);
+	WRITE_ONCE(trk->pmd, ld->pmd);
+	trk->metadata_dev = dev;
+	trk->intent = ld->intent;
+	trk->touched = ld->touched;
+	trk->intent_disk = ld->intent_disk;
+	trk->intent_clearing = ld->intent_clearing;
+	trk->region_shift = ld->region_shift;
+	trk->nr_regions = ld->nr_regions;
 	list_for_each_entry_safe(b, tmp, &ld->bitmaps, node) {
 		list_del(&b->node);
-		ptb_bitmap_publish(pd, b);
+		ptb_bitmap_publish(trk, b);
 	}
-	ptb_release_writes(pd);
+	ptb_release_writes(trk->gate);
 	kfree(ld);
 	return 0;
 }
 
-struct ptb_bitmap *ptb_bitmap_find(struct ptb_device *pd, const char *name)
+struct ptb_bitmap *ptb_bitmap_find(struct ptb_tracking *trk, const char *name)
 {
 	struct ptb_bitmap *b;
 
-	list_for_each_entry(b, &pd->bitmaps, node)
+	list_for_each_entry(b, &trk->bitmaps, node)
 		if (!strcmp(b->name, name))
 			return b;
 	return NULL;
@@ -719,58 +745,57 @@ struct ptb_bitmap *ptb_bitmap_find(struct ptb_device *pd, const char *name)
 
 /*----------------------------------------------------------------*/
 
-/* Messages.  Caller holds pd->lock. */
+/* Messages.  Caller holds trk->lock. */
 
-static int ptb_bitmap_commit(struct ptb_device *pd, const char *op,
+static int ptb_bitmap_commit(struct ptb_tracking *trk, const char *op,
 			     struct ptb_bitmap *b)
 {
-	int r = ptb_metadata_commit(pd->pmd);
+	int r = ptb_metadata_commit(trk->pmd);
 
 	if (r) {
 		DMERR("%s: bitmap %s %s: metadata commit failed (%d)",
-		      ptb_device_name(pd), op, b->name, r);
-		ptb_bitmaps_lost_tracking(pd);
+		      trk->name, op, b->name, r);
+		ptb_bitmaps_lost_tracking(trk);
 	}
 	return r;
 }
 
-int ptb_bitmap_add(struct ptb_target *pt, const char *name, u64 granularity,
-		   bool transient, bool disabled)
+int ptb_bitmap_add(struct ptb_tracking *trk, const struct ptb_table_geom *g,
+		   const char *name, u64 granularity, bool transient, bool disabled)
 {
-	struct ptb_device *pd = pt->pd;
-	const char *dev = ptb_device_name(pd);
+	const char *dev = trk->name;
 	struct ptb_md_bitmap md = { };
-	bool persistent = pd->pmd && !transient;
+	bool persistent = trk->pmd && !transient;
 	struct ptb_bitmap *b;
 	unsigned int slot;
 	int r;
 
-	if (ptb_bitmap_find(pd, name)) {
+	if (ptb_bitmap_find(trk, name)) {
 		DMERR("%s: bitmap add: bitmap %s already exists", dev, name);
 		return -EEXIST;
 	}
-	if (pd->nr_bitmaps >= PTB_MAX_BITMAPS) {
+	if (trk->nr_bitmaps >= PTB_MAX_BITMAPS) {
 		DMERR("%s: bitmap add %s: too many bitmaps (%u)", dev, name,
 		      PTB_MAX_BITMAPS);
 		return -ENOSPC;
 	}
 	if (!granularity)
-		granularity = (u64)pt->chunk_sectors << SECTOR_SHIFT;
+		granularity = (u64)g->chunk_sectors << SECTOR_SHIFT;
 	if (!is_power_of_2(granularity) ||
-	    granularity < ((u64)pt->chunk_sectors << SECTOR_SHIFT) ||
+	    granularity < ((u64)g->chunk_sectors << SECTOR_SHIFT) ||
 	    granularity > (1ULL << 40)) {
 		DMERR("%s: bitmap add %s: granularity %llu must be a power of two from %llu to 1T",
-		      dev, name, granularity, (u64)pt->chunk_sectors << SECTOR_SHIFT);
+		      dev, name, granularity, (u64)g->chunk_sectors << SECTOR_SHIFT);
 		return -EINVAL;
 	}
-	if (persistent && ptb_metadata_failed(pd->pmd)) {
+	if (persistent && ptb_metadata_failed(trk->pmd)) {
 		DMERR("%s: bitmap add %s: metadata failed: add transient bitmaps only",
 		      dev, name);
 		return -EIO;
 	}
-	if (persistent && pt->ti->len != ptb_metadata_dev_sectors(pd->pmd) &&
-	    !ptb_has_persistent(pd)) {
-		r = ptb_bitmaps_resize(pd, pt->ti->len);
+	if (persistent && g->dev_sectors != ptb_metadata_dev_sectors(trk->pmd) &&
+	    !ptb_has_persistent(trk)) {
+		r = ptb_bitmaps_resize(trk, g->dev_sectors);
 		if (r) {
 			DMERR("%s: bitmap add %s: cannot resize the metadata to the device (%d)",
 			      dev, name, r);
@@ -779,7 +804,7 @@ int ptb_bitmap_add(struct ptb_target *pt, const char *name, u64 granularity,
 	}
 
 	b = ptb_bitmap_new(name, ilog2(granularity),
-			   persistent ? ptb_metadata_dev_sectors(pd->pmd) : pt->ti->len,
+			   persistent ? ptb_metadata_dev_sectors(trk->pmd) : g->dev_sectors,
 			   persistent);
 	if (!b)
 		return -ENOMEM;
@@ -789,14 +814,14 @@ int ptb_bitmap_add(struct ptb_target *pt, const char *name, u64 granularity,
 		md.granularity_shift = b->gran_shift;
 		md.nr_bits = b->nr_bits;
 		md.enabled = b->enabled;
-		r = ptb_metadata_add_bitmap(pd->pmd, &md, &slot);
+		r = ptb_metadata_add_bitmap(trk->pmd, &md, &slot);
 		if (r == -ENOSPC)
 			DMERR("%s: bitmap add %s: no room on the metadata device",
 			      dev, name);
 		if (!r) {
-			r = ptb_bitmap_commit(pd, "add", b);
+			r = ptb_bitmap_commit(trk, "add", b);
 			if (r)
-				ptb_metadata_remove_bitmap(pd->pmd, slot);
+				ptb_metadata_remove_bitmap(trk->pmd, slot);
 		}
 		if (r) {
 			ptb_bitmap_free(b);
@@ -805,84 +830,84 @@ int ptb_bitmap_add(struct ptb_target *pt, const char *name, u64 granularity,
 		b->slot = slot;
 	}
 	/* Writes before this point are not recorded, writes after it are. */
-	ptb_hold_writes(pd);
-	ptb_bitmap_publish(pd, b);
-	ptb_release_writes(pd);
+	ptb_hold_writes(trk->gate);
+	ptb_bitmap_publish(trk, b);
+	ptb_release_writes(trk->gate);
 	return 0;
 }
 
-static int ptb_bitmap_check_idle(struct ptb_device *pd, const char *op,
+static int ptb_bitmap_check_idle(struct ptb_tracking *trk, const char *op,
 				 struct ptb_bitmap *b)
 {
 	const struct ptb_bitmap_user *user = READ_ONCE(b->busy);
 
 	if (!user)
 		return 0;
-	DMERR("%s: bitmap %s %s: bitmap is in use by job %s", ptb_device_name(pd),
+	DMERR("%s: bitmap %s %s: bitmap is in use by job %s", trk->name,
 	      op, b->name, user->name);
 	return -EBUSY;
 }
 
-int ptb_bitmap_remove(struct ptb_device *pd, struct ptb_bitmap *b)
+int ptb_bitmap_remove(struct ptb_tracking *trk, struct ptb_bitmap *b)
 {
-	int r = ptb_bitmap_check_idle(pd, "remove", b);
+	int r = ptb_bitmap_check_idle(trk, "remove", b);
 
 	if (r)
 		return r;
 	/* No writer and no commit may still see it when its slot goes. */
 	list_del_rcu(&b->node);
-	pd->nr_bitmaps--;
+	trk->nr_bitmaps--;
 	synchronize_rcu();
-	flush_delayed_work(&pd->marker);
-	if (b->slot >= 0 && !ptb_metadata_failed(pd->pmd)) {
-		ptb_metadata_remove_bitmap(pd->pmd, b->slot);
-		r = ptb_bitmap_commit(pd, "remove", b);
+	flush_delayed_work(&trk->marker);
+	if (b->slot >= 0 && !ptb_metadata_failed(trk->pmd)) {
+		ptb_metadata_remove_bitmap(trk->pmd, b->slot);
+		r = ptb_bitmap_commit(trk, "remove", b);
 	}
 	ptb_bitmap_free(b);
 	return r;
 }
 
-int ptb_bitmap_clear(struct ptb_device *pd, struct ptb_bitmap *b)
+int ptb_bitmap_clear(struct ptb_tracking *trk, struct ptb_bitmap *b)
 {
-	int r = ptb_bitmap_check_idle(pd, "clear", b);
+	int r = ptb_bitmap_check_idle(trk, "clear", b);
 
 	if (r)
 		return r;
 	/* Writes in flight would be lost from the bitmap: hold them. */
-	ptb_hold_writes(pd);
-	flush_delayed_work(&pd->marker);
+	ptb_hold_writes(trk->gate);
+	flush_delayed_work(&trk->marker);
 	bitmap_zero(b->bits, b->nr_bits);
-	if (b->slot >= 0 && !ptb_metadata_failed(pd->pmd)) {
-		r = ptb_metadata_store_bits(pd->pmd, b->slot, b->bits);
-		r = r ? r : ptb_bitmap_commit(pd, "clear", b);
+	if (b->slot >= 0 && !ptb_metadata_failed(trk->pmd)) {
+		r = ptb_metadata_store_bits(trk->pmd, b->slot, b->bits);
+		r = r ? r : ptb_bitmap_commit(trk, "clear", b);
 		if (r)
-			ptb_bitmaps_lost_tracking(pd);
+			ptb_bitmaps_lost_tracking(trk);
 	}
-	WRITE_ONCE(b->inconsistent, b->slot >= 0 && ptb_metadata_failed(pd->pmd));
-	ptb_release_writes(pd);
+	WRITE_ONCE(b->inconsistent, b->slot >= 0 && ptb_metadata_failed(trk->pmd));
+	ptb_release_writes(trk->gate);
 	return r;
 }
 
-int ptb_bitmap_enable(struct ptb_device *pd, struct ptb_bitmap *b, bool on)
+int ptb_bitmap_enable(struct ptb_tracking *trk, struct ptb_bitmap *b, bool on)
 {
 	int r = 0;
 
 	if (!on) {
-		r = ptb_bitmap_check_idle(pd, "disable", b);
+		r = ptb_bitmap_check_idle(trk, "disable", b);
 		if (r)
 			return r;
 	}
 	if (READ_ONCE(b->enabled) == on)
 		return 0;
-	if (b->slot >= 0 && !ptb_metadata_failed(pd->pmd)) {
-		ptb_metadata_set_enabled(pd->pmd, b->slot, on);
-		r = ptb_bitmap_commit(pd, on ? "enable" : "disable", b);
+	if (b->slot >= 0 && !ptb_metadata_failed(trk->pmd)) {
+		ptb_metadata_set_enabled(trk->pmd, b->slot, on);
+		r = ptb_bitmap_commit(trk, on ? "enable" : "disable", b);
 		if (r)
 			return r;
 	}
-	ptb_hold_writes(pd);
+	ptb_hold_writes(trk->gate);
 	WRITE_ONCE(b->enabled, on);
-	ptb_release_writes(pd);
+	ptb_release_writes(trk->gate);
 	return 0;
 }
 
@@ -906,10 +931,10 @@ static void ptb_bits_merge(const struct ptb_bitmap *src, struct ptb_bitmap *dst,
 	}
 }
 
-int ptb_bitmap_merge(struct ptb_device *pd, struct ptb_bitmap *src,
+int ptb_bitmap_merge(struct ptb_tracking *trk, struct ptb_bitmap *src,
 		     struct ptb_bitmap *dst)
 {
-	int r = ptb_bitmap_check_idle(pd, "merge", dst);
+	int r = ptb_bitmap_check_idle(trk, "merge", dst);
 
 	if (r)
 		return r;
@@ -917,17 +942,17 @@ int ptb_bitmap_merge(struct ptb_device *pd, struct ptb_bitmap *src,
 	 * With writes held nothing else sets dst's bits, and a commit that
 	 * copies its blocks meanwhile sees them merged or is overwritten.
 	 */
-	ptb_hold_writes(pd);
+	ptb_hold_writes(trk->gate);
 	ptb_bits_merge(src, dst, dst->bits);
 	if (READ_ONCE(src->inconsistent))
 		WRITE_ONCE(dst->inconsistent, true);
-	if (dst->slot >= 0 && !ptb_metadata_failed(pd->pmd)) {
-		r = ptb_metadata_store_bits(pd->pmd, dst->slot, dst->bits);
-		r = r ? r : ptb_bitmap_commit(pd, "merge", dst);
+	if (dst->slot >= 0 && !ptb_metadata_failed(trk->pmd)) {
+		r = ptb_metadata_store_bits(trk->pmd, dst->slot, dst->bits);
+		r = r ? r : ptb_bitmap_commit(trk, "merge", dst);
 		if (r)
-			ptb_bitmaps_lost_tracking(pd);
+			ptb_bitmaps_lost_tracking(trk);
 	}
-	ptb_release_writes(pd);
+	ptb_release_writes(trk->gate);
 	return r;
 }
 
@@ -943,28 +968,29 @@ static u64 ptb_bitmap_dirty_bytes(const struct ptb_bitmap *b, sector_t dev_secto
 	return bytes;
 }
 
-static sector_t ptb_bitmap_dev_sectors(struct ptb_device *pd,
-				       const struct ptb_bitmap *b)
+/* The size a bitmap covers: the metadata's, or the device's now. */
+static sector_t ptb_bitmap_dev_sectors(struct ptb_tracking *trk,
+				       const struct ptb_bitmap *b,
+				       sector_t dev_sectors)
 {
-	struct ptb_target *live = pd->live;
-
 	if (b->slot >= 0)
-		return ptb_metadata_dev_sectors(pd->pmd);
-	return live ? live->ti->len : (sector_t)b->nr_bits << (b->gran_shift - SECTOR_SHIFT);
+		return ptb_metadata_dev_sectors(trk->pmd);
+	return dev_sectors;
 }
 
-int ptb_bitmap_list(struct ptb_device *pd, char *result, unsigned int maxlen)
+int ptb_bitmap_list(struct ptb_tracking *trk, sector_t dev_sectors,
+		    char *result, unsigned int maxlen)
 {
 	struct ptb_bitmap *b;
 	unsigned int sz = 0;
 
 	result[0] = '\0';
-	list_for_each_entry(b, &pd->bitmaps, node) {
+	list_for_each_entry(b, &trk->bitmaps, node) {
 		DMEMIT("%s %llu %s %s %s %llu%s\n", b->name, 1ULL << b->gran_shift,
 		       READ_ONCE(b->enabled) ? "enabled" : "disabled",
 		       b->slot >= 0 ? "persistent" : "transient",
 		       READ_ONCE(b->busy) ? "busy" : "idle",
-		       ptb_bitmap_dirty_bytes(b, ptb_bitmap_dev_sectors(pd, b)),
+		       ptb_bitmap_dirty_bytes(b, ptb_bitmap_dev_sectors(trk, b, dev_sectors)),
 		       READ_ONCE(b->inconsistent) ? " inconsistent" : "");
 	}
 	return 1;
@@ -975,10 +1001,10 @@ int ptb_bitmap_list(struct ptb_device *pd, char *result, unsigned int maxlen)
  * If they do not all fit, the last line is "next <offset>": ask again from
  * there.
  */
-int ptb_bitmap_dump(struct ptb_device *pd, struct ptb_bitmap *b, u64 start,
-		    char *result, unsigned int maxlen)
+int ptb_bitmap_dump(struct ptb_tracking *trk, struct ptb_bitmap *b,
+		    sector_t dev_sectors, u64 start, char *result, unsigned int maxlen)
 {
-	u64 dev_bytes = (u64)ptb_bitmap_dev_sectors(pd, b) << SECTOR_SHIFT;
+	u64 dev_bytes = (u64)ptb_bitmap_dev_sectors(trk, b, dev_sectors) << SECTOR_SHIFT;
 	unsigned long s, e;
 	unsigned int sz = 0;
 	u64 off, len;
@@ -1022,31 +1048,31 @@ int ptb_bitmap_save(const struct ptb_bitmap *b, struct ptb_bitmap_copy *c)
  * added again with another size (a transient one, after a reload) gets
  * every granule beyond the saved ones marked: over-report, never under.
  */
-int ptb_bitmap_restore(struct ptb_target *pt, const struct ptb_bitmap_copy *c)
+int ptb_bitmap_restore(struct ptb_tracking *trk, const struct ptb_table_geom *g,
+		       const struct ptb_bitmap_copy *c)
 {
-	struct ptb_device *pd = pt->pd;
-	struct ptb_bitmap *b = ptb_bitmap_find(pd, c->name);
+	struct ptb_bitmap *b = ptb_bitmap_find(trk, c->name);
 	int r;
 
 	if (!b) {
-		r = ptb_bitmap_add(pt, c->name, 1ULL << c->gran_shift,
+		r = ptb_bitmap_add(trk, g, c->name, 1ULL << c->gran_shift,
 				   !c->persistent, !c->enabled);
 		if (r)
 			return r;
-		b = ptb_bitmap_find(pd, c->name);
+		b = ptb_bitmap_find(trk, c->name);
 	}
-	flush_delayed_work(&pd->marker);
+	flush_delayed_work(&trk->marker);
 	bitmap_copy(b->bits, c->bits, min(b->nr_bits, c->nr_bits));
 	if (b->nr_bits > c->nr_bits)
 		bitmap_set(b->bits, c->nr_bits, b->nr_bits - c->nr_bits);
 	WRITE_ONCE(b->inconsistent, c->inconsistent ||
-		   (b->slot >= 0 && ptb_metadata_failed(pd->pmd)));
-	if (b->slot < 0 || ptb_metadata_failed(pd->pmd))
+		   (b->slot >= 0 && ptb_metadata_failed(trk->pmd)));
+	if (b->slot < 0 || ptb_metadata_failed(trk->pmd))
 		return 0;
-	r = ptb_metadata_store_bits(pd->pmd, b->slot, b->bits);
-	r = r ? r : ptb_bitmap_commit(pd, "restore", b);
+	r = ptb_metadata_store_bits(trk->pmd, b->slot, b->bits);
+	r = r ? r : ptb_bitmap_commit(trk, "restore", b);
 	if (r)
-		ptb_bitmaps_lost_tracking(pd);
+		ptb_bitmaps_lost_tracking(trk);
 	return r;
 }
 
@@ -1123,7 +1149,7 @@ u64 ptb_bitmap_select_chunks(struct ptb_bitmap *b)
  * always: what was not copied plus the successor.  Otherwise the bitmap
  * already holds everything (it kept recording): leave it.
  */
-void ptb_bitmap_thaw(struct ptb_device *pd, struct ptb_bitmap *b, bool success)
+void ptb_bitmap_thaw(struct ptb_tracking *trk, struct ptb_bitmap *b, bool success)
 {
 	const struct ptb_bitmap_user *u = b->busy;
 	unsigned long *succ = rcu_dereference_protected(b->succ, true);
@@ -1141,14 +1167,14 @@ void ptb_bitmap_thaw(struct ptb_device *pd, struct ptb_bitmap *b, bool success)
 
 	if (next) {
 		bitmap_copy(b->bits, next, b->nr_bits);
-		if (b->slot >= 0 && !ptb_metadata_failed(pd->pmd)) {
-			r = ptb_metadata_store_bits(pd->pmd, b->slot, b->bits);
+		if (b->slot >= 0 && !ptb_metadata_failed(trk->pmd)) {
+			r = ptb_metadata_store_bits(trk->pmd, b->slot, b->bits);
 			if (!r)
-				r = ptb_metadata_commit(pd->pmd);
+				r = ptb_metadata_commit(trk->pmd);
 			if (r) {
 				DMERR("%s: bitmap %s: cannot store it after job %s (%d)",
-				      ptb_device_name(pd), b->name, u->name, r);
-				ptb_bitmaps_lost_tracking(pd);
+				      trk->name, b->name, u->name, r);
+				ptb_bitmaps_lost_tracking(trk);
 			}
 		}
 	}

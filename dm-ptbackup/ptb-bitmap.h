@@ -23,19 +23,25 @@
 #define DM_PTBACKUP_BITMAP_H
 
 #include "ptb.h"
+#include "ptb-gate.h"
 #include "ptb-metadata.h"
 
 #define PTB_MAX_BITMAPS		32
 #define PTB_COMMIT_PERIOD	HZ
+/*
+ * A persistent bitmap is written to the metadata in segments of this many
+ * bits, those changed since the last commit (4 KiB of bits).
+ */
+#define PTB_BITMAP_SEGMENT_BITS	32768UL
 
 struct ptb_bitmap {
-	struct list_head node;		/* pd->bitmaps, RCU */
+	struct list_head node;		/* trk->bitmaps, RCU */
 	char name[PTB_BITMAP_NAME_MAX + 1];
 	unsigned int gran_shift;	/* granule size in bytes, log2 */
 	unsigned long nr_bits;
 	unsigned long *bits;
-	unsigned long nr_blocks;	/* metadata blocks of the bits */
-	unsigned long *dirty_blocks;	/* persistent: changed since commit */
+	unsigned long nr_segments;	/* of PTB_BITMAP_SEGMENT_BITS bits */
+	unsigned long *changed;		/* persistent: segments changed since commit */
 	unsigned long __rcu *succ;	/* successor while busy */
 	int slot;			/* metadata slot, -1 if transient */
 	bool enabled;			/* READ_ONCE */
@@ -53,8 +59,61 @@ enum ptb_bitmap_mode {
 	PTB_BITMAP_NEVER,
 };
 
-int ptb_bitmaps_init(struct ptb_device *pd);
-void ptb_bitmaps_exit(struct ptb_device *pd);
+struct ptb_tracking;
+
+/* What tracking reports to its owner (the device). */
+struct ptb_tracking_ops {
+	/* Raise a device-mapper event (process context, may sleep). */
+	void (*notify)(struct ptb_tracking *trk);
+	/* A write's intent region is logged: on past tracking (work item). */
+	void (*marked)(struct ptb_tracking *trk, struct bio *bio);
+};
+
+/* The dirty bitmaps of one device and the metadata that keeps them. */
+struct ptb_tracking {
+	const struct ptb_tracking_ops *ops;
+	const char *name;		/* the device's, for log lines */
+	/*
+	 * The owner's mutex: messages, bitmap list changes, the metadata's
+	 * attachment happen under it.
+	 */
+	struct mutex *lock;
+	struct ptb_gate *gate;		/* holds writes for bitmap changes */
+
+	struct ptb_metadata *pmd;	/* NULL without a metadata device */
+	dev_t metadata_dev;
+	struct list_head bitmaps;	/* RCU; changes under lock */
+	unsigned int nr_bitmaps;
+	spinlock_t mark_lock;		/* mark_bios; irq-safe */
+	struct bio_list mark_bios;	/* writes waiting for their intent */
+	struct workqueue_struct *mark_wq;
+	struct delayed_work marker;	/* intent log and bitmap commits */
+	atomic_t bitmaps_lost;		/* reported once */
+
+	/*
+	 * The write-intent log.  intent: regions whose intent bit is
+	 * durable; the map path reads it.  touched: written since the last
+	 * commit.  Everything else belongs to the marker.
+	 */
+	unsigned long *intent;
+	unsigned long *touched;
+	unsigned long *intent_disk;	/* the log as on disk */
+	unsigned long *intent_clearing;	/* scratch */
+	unsigned long nr_regions;
+	unsigned int region_shift;	/* log2 sectors */
+	unsigned long next_commit;	/* jiffies */
+	bool clean_request;		/* commit all, clear the log */
+};
+
+/* The live table as the bitmap messages see it. */
+struct ptb_table_geom {
+	sector_t dev_sectors;		/* the device's size now */
+	sector_t chunk_sectors;		/* the smallest granule */
+};
+
+int ptb_bitmaps_init(struct ptb_tracking *trk, const struct ptb_tracking_ops *ops,
+		     const char *name, struct mutex *lock, struct ptb_gate *gate);
+void ptb_bitmaps_exit(struct ptb_tracking *trk);
 
 /*
  * Metadata opened and read by a constructor, attached to the device at
@@ -71,41 +130,42 @@ struct ptb_tracking_load {
 int ptb_tracking_load(struct block_device *bdev, sector_t dev_sectors,
 		      const char *name, struct ptb_tracking_load **ldp,
 		      char **error);				/* may sleep */
-int ptb_tracking_check_names(struct ptb_device *pd, struct ptb_tracking_load *ld,
-			     char **error);			/* pd->lock */
-int ptb_tracking_attach(struct ptb_device *pd, struct ptb_tracking_load *ld,
-			dev_t dev, char **error);		/* pd->lock */
+int ptb_tracking_check_names(struct ptb_tracking *trk, struct ptb_tracking_load *ld,
+			     char **error);			/* trk->lock */
+int ptb_tracking_attach(struct ptb_tracking *trk, struct ptb_tracking_load *ld,
+			dev_t dev, char **error);		/* trk->lock */
 void ptb_tracking_unload(struct ptb_tracking_load *ld);
 /*
- * Preresume, pd->lock and writes held: transient bitmaps grow with the
+ * Preresume, trk->lock and writes held: transient bitmaps grow with the
  * device; every bitmap marks the sectors between the old and new ends.
  */
-int ptb_bitmaps_fit(struct ptb_device *pd, sector_t old_sectors,
+int ptb_bitmaps_fit(struct ptb_tracking *trk, sector_t old_sectors,
 		    sector_t new_sectors);
 
 /* Map path: record a write; true if it must wait for a metadata commit. */
-bool ptb_bitmaps_mark(struct ptb_device *pd, struct bio *bio);
-void ptb_defer_mark(struct ptb_device *pd, struct bio *bio);
-void ptb_bitmaps_lost_tracking(struct ptb_device *pd);
+bool ptb_bitmaps_mark(struct ptb_tracking *trk, struct bio *bio);
+void ptb_defer_mark(struct ptb_tracking *trk, struct bio *bio);
+void ptb_bitmaps_lost_tracking(struct ptb_tracking *trk);
 /* Suspend: commit, empty the intent log (a clean shutdown). */
-void ptb_bitmaps_quiesce(struct ptb_device *pd);
+void ptb_bitmaps_quiesce(struct ptb_tracking *trk);
 
-struct ptb_bitmap *ptb_bitmap_find(struct ptb_device *pd, const char *name);
-bool ptb_has_persistent(struct ptb_device *pd);			/* pd->lock */
+struct ptb_bitmap *ptb_bitmap_find(struct ptb_tracking *trk, const char *name);
+bool ptb_has_persistent(struct ptb_tracking *trk);		/* trk->lock */
 
-/* Messages; caller holds pd->lock. */
-int ptb_bitmap_add(struct ptb_target *pt, const char *name, u64 granularity,
-		   bool transient, bool disabled);
-int ptb_bitmap_remove(struct ptb_device *pd, struct ptb_bitmap *b);
-int ptb_bitmap_clear(struct ptb_device *pd, struct ptb_bitmap *b);
-int ptb_bitmap_enable(struct ptb_device *pd, struct ptb_bitmap *b, bool on);
-int ptb_bitmap_merge(struct ptb_device *pd, struct ptb_bitmap *src,
+/* Messages; caller holds trk->lock. */
+int ptb_bitmap_add(struct ptb_tracking *trk, const struct ptb_table_geom *g,
+		   const char *name, u64 granularity, bool transient, bool disabled);
+int ptb_bitmap_remove(struct ptb_tracking *trk, struct ptb_bitmap *b);
+int ptb_bitmap_clear(struct ptb_tracking *trk, struct ptb_bitmap *b);
+int ptb_bitmap_enable(struct ptb_tracking *trk, struct ptb_bitmap *b, bool on);
+int ptb_bitmap_merge(struct ptb_tracking *trk, struct ptb_bitmap *src,
 		     struct ptb_bitmap *dst);
-int ptb_bitmap_list(struct ptb_device *pd, char *result, unsigned int maxlen);
-int ptb_bitmap_dump(struct ptb_device *pd, struct ptb_bitmap *b, u64 start,
+int ptb_bitmap_list(struct ptb_tracking *trk, sector_t dev_sectors,
 		    char *result, unsigned int maxlen);
+int ptb_bitmap_dump(struct ptb_tracking *trk, struct ptb_bitmap *b,
+		    sector_t dev_sectors, u64 start, char *result, unsigned int maxlen);
 
-/* A bitmap as it was, to undo a transaction element.  pd->lock held. */
+/* A bitmap as it was, to undo a transaction element.  trk->lock held. */
 struct ptb_bitmap_copy {
 	char name[PTB_BITMAP_NAME_MAX + 1];
 	unsigned int gran_shift;
@@ -117,7 +177,8 @@ struct ptb_bitmap_copy {
 };
 
 int ptb_bitmap_save(const struct ptb_bitmap *b, struct ptb_bitmap_copy *c);
-int ptb_bitmap_restore(struct ptb_target *pt, const struct ptb_bitmap_copy *c);
+int ptb_bitmap_restore(struct ptb_tracking *trk, const struct ptb_table_geom *g,
+		       const struct ptb_bitmap_copy *c);
 void ptb_bitmap_copy_free(struct ptb_bitmap_copy *c);
 
 /*
@@ -139,6 +200,6 @@ int ptb_bitmap_prepare_job(struct ptb_bitmap *b, unsigned long **succ);
 void ptb_bitmap_freeze(struct ptb_bitmap *b, const struct ptb_bitmap_user *user,
 		       unsigned long *succ);
 u64 ptb_bitmap_select_chunks(struct ptb_bitmap *b);
-void ptb_bitmap_thaw(struct ptb_device *pd, struct ptb_bitmap *b, bool success);
+void ptb_bitmap_thaw(struct ptb_tracking *trk, struct ptb_bitmap *b, bool success);
 
 #endif /* DM_PTBACKUP_BITMAP_H */

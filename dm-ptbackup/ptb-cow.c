@@ -2,14 +2,15 @@
 /*
  * dm-ptbackup copy-before-write engine.
  *
- * A write to a chunk that an active job has not copied yet is deferred to
- * the worker.  The worker looks the (job, chunk) pair up in the copy table,
- * starts a copy if there is none, and parks the bio on the copy.  A copy
- * reads the chunk's old data from the origin into one of the job's slot
- * buffers, writes it to the job's target (as write-zeroes when the chunk is
- * all zeroes and the target supports it), marks the chunk done, and sends
- * the parked bios back through the check: another job may still need the
- * same chunk.  The background sweep of sync=full jobs uses the same copies.
+ * A write to a chunk that a protected image has not saved yet is deferred
+ * to the worker.  The worker looks the (image, chunk) pair up in the copy
+ * table, starts a copy if there is none, and parks the bio on the copy.  A
+ * copy reads the chunk's old data from the origin into one of the image's
+ * slot buffers, writes it to the image's target (as write-zeroes when the
+ * chunk is all zeroes and the target supports it), marks the chunk done,
+ * and sends the parked bios back through the check: another image may
+ * still need the same chunk.  An owner's background copies (the sweep of
+ * a sync=full backup) use the same copies, through ptb_copy_start().
  *
  * The point in time of an image comes from the write gate (ptb-gate.c).
  */
@@ -19,7 +20,6 @@
 #include <linux/string.h>
 #include <linux/vmalloc.h>
 
-#include "ptb-device.h"
 #include "ptb-cow.h"
 
 #define DM_MSG_PREFIX "ptbackup"
@@ -34,8 +34,8 @@ enum ptb_copy_stage {
 };
 
 struct ptb_copy {
-	struct hlist_node hnode;	/* pd->copies */
-	struct list_head list;		/* img->slot_waiters or pd->completed */
+	struct hlist_node hnode;	/* cow->copies */
+	struct list_head list;		/* img->slot_waiters or cow->completed_copies */
 	struct ptb_image *img;
 	unsigned long chunk;
 	sector_t sector;
@@ -53,19 +53,19 @@ struct ptb_copy {
  * (ptb_image_unpublish()), so the worker may walk the image list without
  * holding rcu_read_lock() across the sleeps of I/O submission.
  */
-static inline bool __maybe_unused ptb_in_worker(struct ptb_device *pd)
+static inline bool __maybe_unused ptb_in_worker(struct ptb_cow *cow)
 {
-	return current_work() == &pd->worker;
+	return current_work() == &cow->worker;
 }
 
-#define for_each_image_in_worker(img, pd) \
-	list_for_each_entry_rcu(img, &(pd)->images, node, ptb_in_worker(pd))
+#define for_each_image_in_worker(img, cow) \
+	list_for_each_entry_rcu(img, &(cow)->images, node, ptb_in_worker(cow))
 
 /*----------------------------------------------------------------*/
 
 /* Images. */
 
-int ptb_image_init(struct ptb_image *img, struct ptb_device *pd,
+int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,
 		   const struct ptb_image_ops *ops, const char *name,
 		   unsigned int chunk_shift, sector_t dev_sectors,
 		   unsigned int nr_slots)
@@ -73,7 +73,7 @@ int ptb_image_init(struct ptb_image *img, struct ptb_device *pd,
 	size_t size = (size_t)1 << (chunk_shift + SECTOR_SHIFT);
 	unsigned int i;
 
-	img->pd = pd;
+	img->cow = cow;
 	img->ops = ops;
 	img->name = name;
 	img->protected = true;
@@ -118,18 +118,18 @@ void ptb_image_exit(struct ptb_image *img)
 
 void ptb_image_publish(struct ptb_image *img)
 {
-	lockdep_assert_held(&img->pd->lock);
-	list_add_tail_rcu(&img->node, &img->pd->images);
+	lockdep_assert_held(img->cow->images_lock);
+	list_add_tail_rcu(&img->node, &img->cow->images);
 }
 
 /* Neither the map path nor the worker sees the image once this returns. */
 void ptb_image_unpublish(struct ptb_image *img)
 {
-	lockdep_assert_held(&img->pd->lock);
+	lockdep_assert_held(img->cow->images_lock);
 	list_del_rcu(&img->node);
 	/* Completions of its copies run under RCU (ptb_copy_io_done()). */
 	synchronize_rcu();
-	flush_work(&img->pd->worker);
+	flush_work(&img->cow->worker);
 }
 
 void ptb_image_unprotect(struct ptb_image *img)
@@ -159,14 +159,14 @@ static bool ptb_image_first_pending(const struct ptb_image *img, sector_t sector
 }
 
 /* Does this write touch a chunk that a protected image still needs? */
-bool ptb_write_needs_cow(struct ptb_device *pd, struct bio *bio)
+bool ptb_write_needs_cow(struct ptb_cow *cow, struct bio *bio)
 {
 	struct ptb_image *img;
 	unsigned long chunk;
 	bool needed = false;
 
 	rcu_read_lock();
-	list_for_each_entry_rcu(img, &pd->images, node) {
+	list_for_each_entry_rcu(img, &cow->images, node) {
 		if (ptb_image_first_pending(img, bio->bi_iter.bi_sector,
 					    bio_sectors(bio), &chunk)) {
 			needed = true;
@@ -181,30 +181,30 @@ bool ptb_write_needs_cow(struct ptb_device *pd, struct bio *bio)
  * Copies and final flushes in flight, from their start to the worker's
  * last look at them: postsuspend waits until there are none.
  */
-void ptb_io_start(struct ptb_device *pd)
+void ptb_io_start(struct ptb_cow *cow)
 {
-	atomic_inc(&pd->io_in_flight);
+	atomic_inc(&cow->io_in_flight);
 }
 
-void ptb_io_end(struct ptb_device *pd)
+void ptb_io_end(struct ptb_cow *cow)
 {
-	if (atomic_dec_and_test(&pd->io_in_flight))
-		wake_up_all(&pd->io_idle);
+	if (atomic_dec_and_test(&cow->io_in_flight))
+		wake_up_all(&cow->io_idle);
 }
 
-void ptb_wake_worker(struct ptb_device *pd)
+void ptb_wake_worker(struct ptb_cow *cow)
 {
-	queue_work(pd->wq, &pd->worker);
+	queue_work(cow->wq, &cow->worker);
 }
 
-void ptb_defer_bio(struct ptb_device *pd, struct bio *bio)
+void ptb_defer_bio(struct ptb_cow *cow, struct bio *bio)
 {
 	unsigned long flags;
 
-	spin_lock_irqsave(&pd->bio_lock, flags);
-	bio_list_add(&pd->deferred_bios, bio);
-	spin_unlock_irqrestore(&pd->bio_lock, flags);
-	ptb_wake_worker(pd);
+	spin_lock_irqsave(&cow->lock, flags);
+	bio_list_add(&cow->deferred_bios, bio);
+	spin_unlock_irqrestore(&cow->lock, flags);
+	ptb_wake_worker(cow);
 }
 
 /*----------------------------------------------------------------*/
@@ -218,10 +218,10 @@ static unsigned long ptb_copy_key(const struct ptb_image *img, unsigned long chu
 
 static struct ptb_copy *ptb_copy_find(struct ptb_image *img, unsigned long chunk)
 {
-	struct ptb_device *pd = img->pd;
+	struct ptb_cow *cow = img->cow;
 	struct ptb_copy *c;
 
-	hash_for_each_possible(pd->copies, c, hnode, ptb_copy_key(img, chunk))
+	hash_for_each_possible(cow->copies, c, hnode, ptb_copy_key(img, chunk))
 		if (c->img == img && c->chunk == chunk)
 			return c;
 	return NULL;
@@ -232,19 +232,19 @@ bool ptb_copy_in_flight(struct ptb_image *img, unsigned long chunk)
 	return !!ptb_copy_find(img, chunk);
 }
 
-/* The RCU read section keeps pd alive until it returns (ptb_cow_exit()). */
+/* The RCU read section keeps cow alive until it returns (ptb_cow_exit()). */
 static void ptb_copy_io_done(unsigned long error, void *context)
 {
 	struct ptb_copy *c = context;
-	struct ptb_device *pd = c->img->pd;
+	struct ptb_cow *cow = c->img->cow;
 	unsigned long flags;
 
 	rcu_read_lock();
 	c->error = error ? -EIO : 0;
-	spin_lock_irqsave(&pd->bio_lock, flags);
-	list_add_tail(&c->list, &pd->completed_copies);
-	spin_unlock_irqrestore(&pd->bio_lock, flags);
-	ptb_wake_worker(pd);
+	spin_lock_irqsave(&cow->lock, flags);
+	list_add_tail(&c->list, &cow->completed_copies);
+	spin_unlock_irqrestore(&cow->lock, flags);
+	ptb_wake_worker(cow);
 	rcu_read_unlock();
 }
 
@@ -263,7 +263,7 @@ static void ptb_copy_submit(struct ptb_copy *c, blk_opf_t opf,
 		.mem.ptr.vma = c->buf,
 		.notify.fn = ptb_copy_io_done,
 		.notify.context = c,
-		.client = img->pd->io_client,
+		.client = img->cow->io_client,
 	};
 	int r;
 
@@ -283,7 +283,7 @@ static void ptb_copy_read(struct ptb_copy *c)
 
 /*
  * All-zero chunks go out as write-zeroes where the target offers it; if
- * the target rejects one, the chunk is written as data and the job stops
+ * the target rejects one, the chunk is written as data and the image stops
  * using write-zeroes (ptb_copy_advance()).
  */
 static void ptb_copy_write(struct ptb_copy *c)
@@ -306,7 +306,7 @@ static void ptb_copy_write(struct ptb_copy *c)
  */
 static struct ptb_copy *ptb_copy_get(struct ptb_image *img, unsigned long chunk)
 {
-	struct ptb_device *pd = img->pd;
+	struct ptb_cow *cow = img->cow;
 	struct ptb_copy *c;
 	sector_t sector;
 
@@ -314,7 +314,7 @@ static struct ptb_copy *ptb_copy_get(struct ptb_image *img, unsigned long chunk)
 	if (c)
 		return c;
 
-	c = mempool_alloc(&pd->copy_pool, GFP_NOWAIT | __GFP_NOWARN);
+	c = mempool_alloc(&cow->copy_pool, GFP_NOWAIT | __GFP_NOWARN);
 	if (!c)
 		return NULL;
 
@@ -330,8 +330,8 @@ static struct ptb_copy *ptb_copy_get(struct ptb_image *img, unsigned long chunk)
 	c->zero = false;
 	c->write_zeroes = false;
 	c->stage = PTB_COPY_QUEUED;
-	ptb_io_start(pd);
-	hash_add(pd->copies, &c->hnode, ptb_copy_key(img, chunk));
+	ptb_io_start(cow);
+	hash_add(cow->copies, &c->hnode, ptb_copy_key(img, chunk));
 	img->copies_in_flight++;
 
 	if (img->free_slots)
@@ -346,31 +346,31 @@ int ptb_copy_start(struct ptb_image *img, unsigned long chunk)
 	return ptb_copy_get(img, chunk) ? 0 : -ENOMEM;
 }
 
-static void ptb_requeue_bios(struct ptb_device *pd, struct bio_list *bios)
+static void ptb_requeue_bios(struct ptb_cow *cow, struct bio_list *bios)
 {
 	unsigned long flags;
 
 	if (bio_list_empty(bios))
 		return;
-	spin_lock_irqsave(&pd->bio_lock, flags);
-	bio_list_merge(&pd->deferred_bios, bios);
-	spin_unlock_irqrestore(&pd->bio_lock, flags);
+	spin_lock_irqsave(&cow->lock, flags);
+	bio_list_merge(&cow->deferred_bios, bios);
+	spin_unlock_irqrestore(&cow->lock, flags);
 	bio_list_init(bios);
 }
 
 static void ptb_copy_finish(struct ptb_copy *c)
 {
 	struct ptb_image *img = c->img;
-	struct ptb_device *pd = img->pd;
+	struct ptb_cow *cow = img->cow;
 	struct ptb_copy *next;
 
 	hash_del(&c->hnode);
-	ptb_requeue_bios(pd, &c->waiters);
+	ptb_requeue_bios(cow, &c->waiters);
 
 	img->slot_buf[img->free_slots++] = c->buf;
 	img->copies_in_flight--;
-	mempool_free(c, &pd->copy_pool);
-	ptb_io_end(pd);
+	mempool_free(c, &cow->copy_pool);
+	ptb_io_end(cow);
 
 	next = list_first_entry_or_null(&img->slot_waiters, struct ptb_copy, list);
 	if (next) {
@@ -410,7 +410,7 @@ static void ptb_copy_advance(struct ptb_copy *c)
 	case PTB_COPY_WRITING:
 		if (c->error && c->write_zeroes) {
 			DMWARN_LIMIT("%s: %s: target rejected write-zeroes (%d), writing zeroes as data",
-				     ptb_device_name(c->img->pd), c->img->name, c->error);
+				     c->img->cow->name, c->img->name, c->error);
 			c->img->no_write_zeroes = true;
 			c->error = 0;
 			c->write_zeroes = false;
@@ -433,13 +433,13 @@ static void ptb_copy_advance(struct ptb_copy *c)
 /* The worker. */
 
 /* Returns false if the bio could not be handled now and must be retried. */
-static bool ptb_handle_write(struct ptb_device *pd, struct bio *bio)
+static bool ptb_handle_write(struct ptb_cow *cow, struct bio *bio)
 {
 	struct ptb_image *img;
 	struct ptb_copy *c;
 	unsigned long chunk;
 
-	for_each_image_in_worker(img, pd) {
+	for_each_image_in_worker(img, cow) {
 		if (!ptb_image_first_pending(img, bio->bi_iter.bi_sector,
 					     bio_sectors(bio), &chunk))
 			continue;
@@ -454,7 +454,7 @@ static bool ptb_handle_write(struct ptb_device *pd, struct bio *bio)
 	return true;
 }
 
-static void ptb_process_completed(struct ptb_device *pd, struct list_head *done)
+static void ptb_process_completed(struct ptb_cow *cow, struct list_head *done)
 {
 	struct ptb_copy *c, *tmp;
 
@@ -465,113 +465,118 @@ static void ptb_process_completed(struct ptb_device *pd, struct list_head *done)
 }
 
 /* Returns true if some bio could not be handled for lack of memory. */
-static bool ptb_process_deferred(struct ptb_device *pd, struct bio_list *bios)
+static bool ptb_process_deferred(struct ptb_cow *cow, struct bio_list *bios)
 {
 	struct bio_list retry = BIO_EMPTY_LIST;
 	struct bio *bio;
 
 	while ((bio = bio_list_pop(bios))) {
-		if (!ptb_handle_write(pd, bio))
+		if (!ptb_handle_write(cow, bio))
 			bio_list_add(&retry, bio);
 	}
 	if (bio_list_empty(&retry))
 		return false;
-	ptb_requeue_bios(pd, &retry);
+	ptb_requeue_bios(cow, &retry);
 	return true;
 }
 
 void ptb_do_worker(struct work_struct *ws)
 {
-	struct ptb_device *pd = container_of(ws, struct ptb_device, worker);
+	struct ptb_cow *cow = container_of(ws, struct ptb_cow, worker);
 	unsigned long wake = 0, delay;
 	struct bio_list bios;
 	LIST_HEAD(done);
 	struct ptb_image *img;
 
 	for (;;) {
-		spin_lock_irq(&pd->bio_lock);
-		list_splice_init(&pd->completed_copies, &done);
-		bios = pd->deferred_bios;
-		bio_list_init(&pd->deferred_bios);
-		spin_unlock_irq(&pd->bio_lock);
+		spin_lock_irq(&cow->lock);
+		list_splice_init(&cow->completed_copies, &done);
+		bios = cow->deferred_bios;
+		bio_list_init(&cow->deferred_bios);
+		spin_unlock_irq(&cow->lock);
 
 		if (list_empty(&done) && bio_list_empty(&bios))
 			break;
-		ptb_process_completed(pd, &done);
-		if (ptb_process_deferred(pd, &bios)) {
+		ptb_process_completed(cow, &done);
+		if (ptb_process_deferred(cow, &bios)) {
 			wake = PTB_ENOMEM_RETRY;
 			break;
 		}
 		cond_resched();
 	}
 
-	for_each_image_in_worker(img, pd) {
+	for_each_image_in_worker(img, cow) {
 		delay = img->ops->service(img);
 		if (delay && (!wake || delay < wake))
 			wake = delay;
 	}
 
 	if (wake)
-		mod_delayed_work(pd->wq, &pd->waker, wake);
+		mod_delayed_work(cow->wq, &cow->waker, wake);
 }
 
 void ptb_do_waker(struct work_struct *ws)
 {
-	struct ptb_device *pd = container_of(to_delayed_work(ws),
-					     struct ptb_device, waker);
+	struct ptb_cow *cow = container_of(to_delayed_work(ws),
+					     struct ptb_cow, waker);
 
-	ptb_wake_worker(pd);
+	ptb_wake_worker(cow);
 }
 
 /*----------------------------------------------------------------*/
 
-int ptb_cow_init(struct ptb_device *pd)
+int ptb_cow_init(struct ptb_cow *cow, const char *name,
+		 struct mutex *images_lock)
 {
 	int r;
 
-	bio_list_init(&pd->deferred_bios);
-	INIT_LIST_HEAD(&pd->completed_copies);
-	atomic_set(&pd->io_in_flight, 0);
-	init_waitqueue_head(&pd->io_idle);
-	hash_init(pd->copies);
-	INIT_WORK(&pd->worker, ptb_do_worker);
-	INIT_DELAYED_WORK(&pd->waker, ptb_do_waker);
+	cow->name = name;
+	cow->images_lock = images_lock;
+	INIT_LIST_HEAD(&cow->images);
+	spin_lock_init(&cow->lock);
+	bio_list_init(&cow->deferred_bios);
+	INIT_LIST_HEAD(&cow->completed_copies);
+	atomic_set(&cow->io_in_flight, 0);
+	init_waitqueue_head(&cow->io_idle);
+	hash_init(cow->copies);
+	INIT_WORK(&cow->worker, ptb_do_worker);
+	INIT_DELAYED_WORK(&cow->waker, ptb_do_waker);
 
-	r = mempool_init_kmalloc_pool(&pd->copy_pool, PTB_COPY_POOL_SIZE,
+	r = mempool_init_kmalloc_pool(&cow->copy_pool, PTB_COPY_POOL_SIZE,
 				      sizeof(struct ptb_copy));
 	if (r)
 		return r;
 
-	pd->io_client = dm_io_client_create();
-	if (IS_ERR(pd->io_client)) {
-		r = PTR_ERR(pd->io_client);
+	cow->io_client = dm_io_client_create();
+	if (IS_ERR(cow->io_client)) {
+		r = PTR_ERR(cow->io_client);
 		goto bad_io_client;
 	}
 
-	pd->wq = alloc_ordered_workqueue("dm-ptbackup", WQ_MEM_RECLAIM);
-	if (!pd->wq) {
+	cow->wq = alloc_ordered_workqueue("dm-ptbackup", WQ_MEM_RECLAIM);
+	if (!cow->wq) {
 		r = -ENOMEM;
 		goto bad_wq;
 	}
 	return 0;
 
 bad_wq:
-	dm_io_client_destroy(pd->io_client);
+	dm_io_client_destroy(cow->io_client);
 bad_io_client:
-	mempool_exit(&pd->copy_pool);
+	mempool_exit(&cow->copy_pool);
 	return r;
 }
 
-/* All jobs are released: no copies, no deferred bios. */
-void ptb_cow_exit(struct ptb_device *pd)
+/* Every image is unpublished: no copies, no deferred bios. */
+void ptb_cow_exit(struct ptb_cow *cow)
 {
 	/* I/O completions still returning (ptb_copy_io_done()). */
 	synchronize_rcu();
-	flush_workqueue(pd->wq);
-	cancel_delayed_work_sync(&pd->waker);
-	destroy_workqueue(pd->wq);
-	WARN_ON_ONCE(!hash_empty(pd->copies));
-	WARN_ON_ONCE(!bio_list_empty(&pd->deferred_bios));
-	dm_io_client_destroy(pd->io_client);
-	mempool_exit(&pd->copy_pool);
+	flush_workqueue(cow->wq);
+	cancel_delayed_work_sync(&cow->waker);
+	destroy_workqueue(cow->wq);
+	WARN_ON_ONCE(!hash_empty(cow->copies));
+	WARN_ON_ONCE(!bio_list_empty(&cow->deferred_bios));
+	dm_io_client_destroy(cow->io_client);
+	mempool_exit(&cow->copy_pool);
 }

@@ -20,6 +20,34 @@
 
 struct ptb_image;
 
+/*
+ * The engine of one device: its images, the writes deferred to the
+ * worker, the copies in flight.
+ */
+struct ptb_cow {
+	const char *name;		/* the device's, for log lines */
+	/* The owner's mutex: image list changes happen under it. */
+	struct mutex *images_lock;
+	/* The images, read by the map path and the worker (RCU). */
+	struct list_head images;
+
+	spinlock_t lock;		/* the two lists below; irq-safe */
+	struct bio_list deferred_bios;	/* writes to check against the images */
+	struct list_head completed_copies;
+
+	/* Copies and final flushes in flight; a suspend waits for none. */
+	atomic_t io_in_flight;
+	wait_queue_head_t io_idle;
+
+	struct workqueue_struct *wq;
+	struct work_struct worker;
+	struct delayed_work waker;	/* rate limit, retries */
+
+	struct dm_io_client *io_client;
+	mempool_t copy_pool;
+	DECLARE_HASHTABLE(copies, PTB_COPY_HASH_BITS);	/* worker only */
+};
+
 struct ptb_image_ops {
 	/* A chunk of len sectors is on the target (zero: all zeroes). */
 	void (*copied)(struct ptb_image *img, sector_t len, bool zero);
@@ -34,8 +62,8 @@ struct ptb_image_ops {
 };
 
 struct ptb_image {
-	struct list_head node;		/* pd->images, RCU; pd->lock */
-	struct ptb_device *pd;
+	struct list_head node;		/* cow->images, RCU; cow->images_lock */
+	struct ptb_cow *cow;
 	const struct ptb_image_ops *ops;
 	const char *name;		/* for log lines */
 	/*
@@ -61,29 +89,30 @@ struct ptb_image {
 };
 
 /* Process context, may sleep; the image is not yet published. */
-int ptb_image_init(struct ptb_image *img, struct ptb_device *pd,
+int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,
 		   const struct ptb_image_ops *ops, const char *name,
 		   unsigned int chunk_shift, sector_t dev_sectors,
 		   unsigned int nr_slots);
 void ptb_image_free_buffers(struct ptb_image *img);	/* no copy in flight */
 void ptb_image_exit(struct ptb_image *img);
-/* Publish and unpublish (pd->lock; publish with writes held). */
+/* Publish and unpublish (images_lock held; publish with writes held). */
 void ptb_image_publish(struct ptb_image *img);
 void ptb_image_unpublish(struct ptb_image *img);	/* may sleep */
 /* Stop protecting: writes no longer wait for this image (any context). */
 void ptb_image_unprotect(struct ptb_image *img);
 
-int ptb_cow_init(struct ptb_device *pd);
-void ptb_cow_exit(struct ptb_device *pd);
-bool ptb_write_needs_cow(struct ptb_device *pd, struct bio *bio); /* any context, RCU */
-void ptb_defer_bio(struct ptb_device *pd, struct bio *bio);	/* any context */
-void ptb_wake_worker(struct ptb_device *pd);			/* any context */
+int ptb_cow_init(struct ptb_cow *cow, const char *name,
+		 struct mutex *images_lock);	/* the owner's mutex */
+void ptb_cow_exit(struct ptb_cow *cow);
+bool ptb_write_needs_cow(struct ptb_cow *cow, struct bio *bio); /* any context, RCU */
+void ptb_defer_bio(struct ptb_cow *cow, struct bio *bio);	/* any context */
+void ptb_wake_worker(struct ptb_cow *cow);			/* any context */
 void ptb_do_worker(struct work_struct *ws);
 void ptb_do_waker(struct work_struct *ws);
 int ptb_copy_start(struct ptb_image *img, unsigned long chunk);	/* worker */
 bool ptb_copy_in_flight(struct ptb_image *img, unsigned long chunk); /* worker */
 
-void ptb_io_start(struct ptb_device *pd);			/* worker */
-void ptb_io_end(struct ptb_device *pd);				/* any context */
+void ptb_io_start(struct ptb_cow *cow);			/* worker */
+void ptb_io_end(struct ptb_cow *cow);				/* any context */
 
 #endif /* DM_PTBACKUP_COW_H */

@@ -19,6 +19,12 @@
 
 static LIST_HEAD(ptb_devices);
 static DEFINE_MUTEX(ptb_devices_lock);
+/*
+ * Serialises the loads, attachments and final closes of metadata devices,
+ * so that a load never overlaps another's writes to the same device.
+ * Taken before ptb_devices_lock and pd->lock.
+ */
+static DEFINE_MUTEX(ptb_metadata_lock);
 
 /*----------------------------------------------------------------*/
 
@@ -31,6 +37,40 @@ static void ptb_device_event(struct ptb_device *pd)
 		dm_table_event(pd->live->ti->table);
 	mutex_unlock(&pd->event_lock);
 }
+
+/* The lower layers' callbacks, handed on to the target's write_ops. */
+static void ptb_gate_released(struct ptb_gate *g, struct bio_list *bios)
+{
+	struct ptb_device *pd = container_of(g, struct ptb_device, gate);
+
+	pd->write_ops->released(pd, bios);
+}
+
+static void ptb_gate_hold_released(struct ptb_gate *g)
+{
+	struct ptb_device *pd = container_of(g, struct ptb_device, gate);
+
+	pd->write_ops->hold_released(pd);
+}
+
+static void ptb_tracking_notify(struct ptb_tracking *trk)
+{
+	struct ptb_device *pd = container_of(trk, struct ptb_device, trk);
+
+	pd->notify(pd);
+}
+
+static void ptb_tracking_marked(struct ptb_tracking *trk, struct bio *bio)
+{
+	struct ptb_device *pd = container_of(trk, struct ptb_device, trk);
+
+	pd->write_ops->marked(pd, bio);
+}
+
+static const struct ptb_tracking_ops ptb_device_tracking_ops = {
+	.notify = ptb_tracking_notify,
+	.marked = ptb_tracking_marked,
+};
 
 static struct ptb_device *ptb_device_lookup(struct mapped_device *md)
 {
@@ -56,18 +96,18 @@ static struct ptb_device *ptb_device_create(struct mapped_device *md,
 	pd->notify = ptb_device_event;
 	mutex_init(&pd->lock);
 	mutex_init(&pd->event_lock);
-	ptb_gate_init(pd);
+	ptb_gate_init(&pd->gate, ptb_gate_released, ptb_gate_hold_released);
 	INIT_LIST_HEAD(&pd->jobs);
-	INIT_LIST_HEAD(&pd->images);
-	if (ptb_bitmaps_init(pd))
+	if (ptb_bitmaps_init(&pd->trk, &ptb_device_tracking_ops,
+			     dm_disk(md)->disk_name, &pd->lock, &pd->gate))
 		goto bad_bitmaps;
-	if (ptb_cow_init(pd))
+	if (ptb_cow_init(&pd->cow, dm_disk(md)->disk_name, &pd->lock))
 		goto bad_bitmaps;
 	list_add(&pd->node, &ptb_devices);
 	return pd;
 
 bad_bitmaps:
-	ptb_bitmaps_exit(pd);
+	ptb_bitmaps_exit(&pd->trk);
 	kfree(pd);
 	return NULL;
 }
@@ -77,13 +117,13 @@ static void ptb_device_destroy(struct ptb_device *pd)
 	mutex_lock(&pd->lock);
 	ptb_jobs_destroy(pd);
 	mutex_unlock(&pd->lock);
-	ptb_bitmaps_exit(pd);
-	if (pd->pmd)
-		ptb_metadata_close(pd->pmd);
-	ptb_cow_exit(pd);
+	ptb_bitmaps_exit(&pd->trk);
+	if (pd->trk.pmd)
+		ptb_metadata_close(pd->trk.pmd);
+	ptb_cow_exit(&pd->cow);
 	mutex_destroy(&pd->lock);
 	mutex_destroy(&pd->event_lock);
-	mutex_destroy(&pd->hold_lock);
+	mutex_destroy(&pd->gate.hold_lock);
 	kfree(pd);
 }
 
@@ -123,19 +163,37 @@ static int ptb_device_check_origin(struct ptb_device *pd, struct ptb_target *pt,
  * The metadata device is opened once per device: the constructor of the
  * first table that names it loads it, that table's preresume attaches it
  * (ptb_device_attach_metadata()).  Later tables must name the same one.
+ * A load reads the whole metadata and may write it (format, resize, intent
+ * replay), so it runs under ptb_metadata_lock only, not under
+ * ptb_devices_lock or pd->lock: a slow metadata device delays other
+ * metadata loads, attachments and closes, nothing else.
  */
+static bool ptb_device_needs_metadata(struct mapped_device *md)
+{
+	struct ptb_device *pd;
+	bool needs;
+
+	lockdep_assert_held(&ptb_metadata_lock);
+	mutex_lock(&ptb_devices_lock);
+	pd = ptb_device_lookup(md);
+	/* trk.pmd is set only under ptb_metadata_lock. */
+	needs = !pd || !pd->trk.pmd;
+	mutex_unlock(&ptb_devices_lock);
+	return needs;
+}
+
 static int ptb_device_check_metadata(struct ptb_device *pd,
 				     struct ptb_target *pt, char **error)
 {
 	dev_t dev = pt->metadata ? pt->metadata->bdev->bd_dev : 0;
 
-	if (pd->pmd) {
-		if (dev != pd->metadata_dev) {
+	if (pd->trk.pmd) {
+		if (dev != pd->trk.metadata_dev) {
 			*error = "Cannot change the metadata device on reload";
 			return -EINVAL;
 		}
-		if (pt->ti->len > ptb_metadata_dev_sectors(pd->pmd) &&
-		    ptb_has_persistent(pd)) {
+		if (pt->ti->len > ptb_metadata_dev_sectors(pd->trk.pmd) &&
+		    ptb_has_persistent(&pd->trk)) {
 			*error = "Device is larger than its persistent bitmaps cover";
 			return -EINVAL;
 		}
@@ -143,9 +201,7 @@ static int ptb_device_check_metadata(struct ptb_device *pd,
 	}
 	if (!dev)
 		return 0;
-	return ptb_tracking_load(pt->metadata->bdev, pt->ti->len,
-				 ptb_device_name(pd), &pt->pending_md, error) ?:
-		ptb_tracking_check_names(pd, pt->pending_md, error);
+	return ptb_tracking_check_names(&pd->trk, pt->pending_md, error);
 }
 
 /* Preresume: the metadata this table loaded becomes the device's. */
@@ -157,13 +213,10 @@ static int ptb_device_attach_metadata(struct ptb_device *pd,
 
 	if (!pt->pending_md)
 		return 0;
-	if (pd->pmd) {
-		/* Another table attached one meanwhile: not possible today. */
-		ptb_tracking_unload(pt->pending_md);
-		pt->pending_md = NULL;
-		return 0;
-	}
-	r = ptb_tracking_attach(pd, pt->pending_md, pt->metadata->bdev->bd_dev,
+	lockdep_assert_held(&ptb_metadata_lock);
+	if (WARN_ON_ONCE(pd->trk.pmd))
+		return -EINVAL;
+	r = ptb_tracking_attach(&pd->trk, pt->pending_md, pt->metadata->bdev->bd_dev,
 				&error);
 	if (r) {
 		DMERR("%s: cannot attach the metadata device: %s",
@@ -175,13 +228,12 @@ static int ptb_device_attach_metadata(struct ptb_device *pd,
 }
 
 /*
- * Attach a new table instance to its device's object, creating the object
- * for the first table.  Nothing the live device uses changes here.
+ * Find or create the device's object and attach the table to it, if the
+ * table fits the device.  Nothing the live device uses changes here.
  */
-int ptb_device_attach(struct ptb_target *pt, const struct ptb_write_ops *ops,
-		      char **error)
+static int ptb_device_join(struct ptb_target *pt, struct mapped_device *md,
+			   const struct ptb_write_ops *ops, char **error)
 {
-	struct mapped_device *md = dm_table_get_md(pt->ti->table);
 	struct ptb_target *prev_change;
 	struct ptb_device *pd;
 	bool created = false;
@@ -203,13 +255,9 @@ int ptb_device_attach(struct ptb_target *pt, const struct ptb_write_ops *ops,
 	r = ptb_device_check_origin(pd, pt, error);
 	if (!r)
 		r = ptb_device_check_metadata(pd, pt, error);
-	if (r) {
-		/* The table loaded before this one is still there. */
+	/* On error the table loaded before this one is still there. */
+	if (r)
 		pd->origin_change = prev_change;
-		if (pt->pending_md)
-			ptb_tracking_unload(pt->pending_md);
-		pt->pending_md = NULL;
-	}
 	mutex_unlock(&pd->lock);
 	if (r) {
 		if (created) {
@@ -229,10 +277,39 @@ out:
 	return r;
 }
 
+/*
+ * The constructor: load the metadata the table names if the device has
+ * none attached yet, then join the device.  A load that is not attached
+ * is given back after every lock is dropped.
+ */
+int ptb_device_attach(struct ptb_target *pt, const struct ptb_write_ops *ops,
+		      char **error)
+{
+	struct mapped_device *md = dm_table_get_md(pt->ti->table);
+	int r = 0;
+
+	if (pt->metadata) {
+		mutex_lock(&ptb_metadata_lock);
+		if (ptb_device_needs_metadata(md))
+			r = ptb_tracking_load(pt->metadata->bdev, pt->ti->len,
+					      dm_disk(md)->disk_name,
+					      &pt->pending_md, error);
+	}
+	if (!r)
+		r = ptb_device_join(pt, md, ops, error);
+	if (pt->metadata)
+		mutex_unlock(&ptb_metadata_lock);
+	if (r && pt->pending_md) {
+		ptb_tracking_unload(pt->pending_md);
+		pt->pending_md = NULL;
+	}
+	return r;
+}
+
 void ptb_device_detach(struct ptb_target *pt)
 {
 	struct ptb_device *pd = pt->pd;
-	bool last;
+	bool last, closing_md;
 
 	/* A table that was never resumed gives back what it loaded. */
 	mutex_lock(&pd->lock);
@@ -248,6 +325,14 @@ void ptb_device_detach(struct ptb_target *pt)
 		ptb_tracking_unload(pt->pending_md);
 	pt->pending_md = NULL;
 
+	/*
+	 * The last table closes the metadata: no load of the same device
+	 * may read it meanwhile.  trk.pmd cannot be attached concurrently
+	 * to a device whose last table goes.
+	 */
+	closing_md = READ_ONCE(pd->trk.pmd);
+	if (closing_md)
+		mutex_lock(&ptb_metadata_lock);
 	mutex_lock(&ptb_devices_lock);
 	last = !--pd->nr_targets;
 	if (last)
@@ -256,6 +341,8 @@ void ptb_device_detach(struct ptb_target *pt)
 
 	if (last)
 		ptb_device_destroy(pd);
+	if (closing_md)
+		mutex_unlock(&ptb_metadata_lock);
 }
 
 /*----------------------------------------------------------------*/
@@ -275,15 +362,15 @@ void ptb_device_presuspend(struct ptb_device *pd)
 void ptb_device_presuspend_undo(struct ptb_device *pd)
 {
 	WRITE_ONCE(pd->suspended, false);
-	ptb_wake_worker(pd);
+	ptb_wake_worker(&pd->cow);
 }
 
 void ptb_device_postsuspend(struct ptb_device *pd)
 {
 	/* A worker pass that saw no suspend yet may still issue copies. */
-	flush_work(&pd->worker);
-	wait_event(pd->io_idle, !atomic_read(&pd->io_in_flight));
-	ptb_bitmaps_quiesce(pd);
+	flush_work(&pd->cow.worker);
+	wait_event(pd->cow.io_idle, !atomic_read(&pd->cow.io_in_flight));
+	ptb_bitmaps_quiesce(&pd->trk);
 }
 
 /*
@@ -298,8 +385,8 @@ static int ptb_device_check_resume(struct ptb_device *pd, struct ptb_target *pt)
 		      ptb_device_name(pd));
 		return -EBUSY;
 	}
-	if (pd->pmd && pt->ti->len > ptb_metadata_dev_sectors(pd->pmd) &&
-	    ptb_has_persistent(pd)) {
+	if (pd->trk.pmd && pt->ti->len > ptb_metadata_dev_sectors(pd->trk.pmd) &&
+	    ptb_has_persistent(&pd->trk)) {
 		DMERR("%s: resume: the device is larger than its persistent bitmaps cover",
 		      ptb_device_name(pd));
 		return -EINVAL;
@@ -315,22 +402,27 @@ static int ptb_device_check_resume(struct ptb_device *pd, struct ptb_target *pt)
 int ptb_device_preresume(struct ptb_target *pt)
 {
 	struct ptb_device *pd = pt->pd;
+	bool attaching = pt->pending_md;
 	int r;
 
+	if (attaching)
+		mutex_lock(&ptb_metadata_lock);
 	mutex_lock(&pd->lock);
 	r = ptb_device_check_resume(pd, pt);
 	if (!r)
 		r = ptb_device_attach_metadata(pd, pt);
 	if (!r) {
 		/* Bits and successors change only with writes held. */
-		ptb_hold_writes(pd);
-		r = ptb_bitmaps_fit(pd, pd->live ? pd->live->ti->len : pt->ti->len,
+		ptb_hold_writes(&pd->gate);
+		r = ptb_bitmaps_fit(&pd->trk, pd->live ? pd->live->ti->len : pt->ti->len,
 				    pt->ti->len);
-		ptb_release_writes(pd);
+		ptb_release_writes(&pd->gate);
 	}
 	if (!r && pd->origin_change == pt)
 		pd->origin_change = NULL;
 	mutex_unlock(&pd->lock);
+	if (attaching)
+		mutex_unlock(&ptb_metadata_lock);
 	return r;
 }
 
@@ -342,5 +434,5 @@ void ptb_device_resume(struct ptb_target *pt)
 	pd->live = pt;
 	mutex_unlock(&pd->event_lock);
 	WRITE_ONCE(pd->suspended, false);
-	ptb_wake_worker(pd);
+	ptb_wake_worker(&pd->cow);
 }

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * dm-ptbackup write gate (ptb-gate.c): write accounting and the write hold.
- * The bottom of the write path: it calls nothing above it but the device's
- * write_ops, which the target registers.
+ * The bottom of the write path: it calls nothing above it but the two
+ * callbacks its owner (the device) registers.
  *
  * Contexts: ptb_account_write() and ptb_write_done() any context (map,
  * end_io); the hold functions process context, may sleep.  A hold nests
@@ -14,14 +14,34 @@
 
 #include "ptb.h"
 
-void ptb_gate_init(struct ptb_device *pd);
+struct ptb_gate {
+	/* Writes parked by a hold that was just lifted (process context). */
+	void (*released)(struct ptb_gate *g, struct bio_list *bios);
+	/* A hold was lifted (process context). */
+	void (*hold_released)(struct ptb_gate *g);
+
+	struct mutex hold_lock;		/* one hold at a time */
+	struct task_struct *hold_owner;	/* under hold_lock */
+	unsigned int hold_depth;
+	unsigned int hold_noio;		/* memalloc_noio_save() of the holder */
+	atomic_t writes_in_flight;
+	int hold_writes;		/* smp_load_acquire/smp_store_release */
+	wait_queue_head_t writes_drained;
+	/* Guards held_bios and the raising and lifting of hold_writes. */
+	spinlock_t lock;
+	struct bio_list held_bios;	/* arrived while hold_writes was set */
+};
+
+void ptb_gate_init(struct ptb_gate *g,
+		   void (*released)(struct ptb_gate *g, struct bio_list *bios),
+		   void (*hold_released)(struct ptb_gate *g));
 /* Count a write; false: parked until the hold is lifted. */
-bool ptb_account_write(struct ptb_device *pd, struct ptb_bio *pb,
+bool ptb_account_write(struct ptb_gate *g, struct ptb_bio *pb,
 		       struct bio *bio);
-void ptb_write_done(struct ptb_device *pd, struct ptb_bio *pb);
-/* ptb_hold_writes() takes pd->hold_lock, ptb_release_writes() drops it. */
-void ptb_hold_writes(struct ptb_device *pd);
-bool ptb_try_hold_writes(struct ptb_device *pd);	/* never nested */
-void ptb_release_writes(struct ptb_device *pd);
+void ptb_write_done(struct ptb_gate *g, struct ptb_bio *pb);
+/* ptb_hold_writes() takes g->hold_lock, ptb_release_writes() drops it. */
+void ptb_hold_writes(struct ptb_gate *g);
+bool ptb_try_hold_writes(struct ptb_gate *g);	/* never nested */
+void ptb_release_writes(struct ptb_gate *g);
 
 #endif /* DM_PTBACKUP_GATE_H */

@@ -131,7 +131,7 @@ static bool ptb_job_transition(struct ptb_job *job, unsigned long from_mask,
 	if (strcmp(ptb_state_names[old], ptb_state_names[to]))
 		job->pd->notify(job->pd);
 	if (!(BIT(to) & PTB_ACTIVE_STATES) || to == PTB_JOB_HANDING_OVER)
-		ptb_wake_worker(job->pd);
+		ptb_wake_worker(&job->pd->cow);
 	return true;
 }
 
@@ -255,7 +255,7 @@ static int ptb_job_check_bitmap(struct ptb_target *pt,
 		      name, p->id);
 		return -EINVAL;
 	}
-	b = ptb_bitmap_find(pt->pd, p->bitmap);
+	b = ptb_bitmap_find(&pt->pd->trk, p->bitmap);
 	if (!b) {
 		DMERR("%s: backup start %s: no bitmap `%s'", name, p->id, p->bitmap);
 		return -ENOENT;
@@ -287,14 +287,14 @@ static void ptb_job_handover(struct ptb_job *job)
 	struct ptb_device *pd = job->pd;
 	int state = READ_ONCE(job->state);
 
-	lockdep_assert_held(&pd->hold_lock);
+	lockdep_assert_held(&pd->gate.hold_lock);
 	if (!job->bitmap || !(BIT(state) & (BIT(PTB_JOB_HANDING_OVER) |
 					    BIT(PTB_JOB_CANCELLING) |
 					    BIT(PTB_JOB_FAILING))))
 		return;
-	ptb_bitmap_thaw(pd, job->bitmap, state == PTB_JOB_HANDING_OVER);
+	ptb_bitmap_thaw(&pd->trk, job->bitmap, state == PTB_JOB_HANDING_OVER);
 	WRITE_ONCE(job->bitmap, NULL);
-	ptb_wake_worker(pd);
+	ptb_wake_worker(&pd->cow);
 }
 
 /*
@@ -308,10 +308,10 @@ static void ptb_job_do_handover(struct work_struct *ws)
 	struct ptb_device *pd = job->pd;
 
 	/* Queued again while it ran: nothing to do, hold nothing. */
-	if (!READ_ONCE(job->bitmap) || !ptb_try_hold_writes(pd))
+	if (!READ_ONCE(job->bitmap) || !ptb_try_hold_writes(&pd->gate))
 		return;
 	ptb_job_handover(job);
-	ptb_release_writes(pd);
+	ptb_release_writes(&pd->gate);
 }
 
 /*
@@ -323,16 +323,20 @@ static void ptb_job_do_handover(struct work_struct *ws)
  */
 void ptb_job_undo_start(struct ptb_job *job)
 {
-	lockdep_assert_held(&job->pd->hold_lock);
+	lockdep_assert_held(&job->pd->gate.hold_lock);
 	if (ptb_job_transition(job, PTB_ACTIVE_STATES, PTB_JOB_CANCELLING))
 		DMINFO("%s: job %s cancelled: its transaction is undone",
 		       ptb_device_name(job->pd), job->id);
+	else
+		DMINFO("%s: job %s is %s: its transaction is undone",
+		       ptb_device_name(job->pd), job->id,
+		       ptb_job_state_log_name(READ_ONCE(job->state)));
 	if (job->bitmap) {
 		job->bitmap_user.mode = PTB_BITMAP_NEVER;
-		ptb_bitmap_thaw(job->pd, job->bitmap, false);
+		ptb_bitmap_thaw(&job->pd->trk, job->bitmap, false);
 		WRITE_ONCE(job->bitmap, NULL);
 	}
-	ptb_wake_worker(job->pd);
+	ptb_wake_worker(&job->pd->cow);
 	wait_for_completion(&job->finished);
 }
 
@@ -373,6 +377,7 @@ static int ptb_job_new(struct ptb_target *pt, const struct ptb_job_params *p,
 	if (!job)
 		return -ENOMEM;
 	job->pd = pt->pd;
+	job->type = p->type;
 	strscpy(job->id, p->id, sizeof(job->id));
 	job->sync = p->sync;
 	job->speed = p->speed;
@@ -387,7 +392,7 @@ static int ptb_job_new(struct ptb_target *pt, const struct ptb_job_params *p,
 	atomic64_set(&job->bytes_done, 0);
 	atomic64_set(&job->zero_bytes, 0);
 
-	r = ptb_image_init(&job->img, pt->pd, &ptb_job_image_ops, job->id,
+	r = ptb_image_init(&job->img, &pt->pd->cow, &ptb_job_image_ops, job->id,
 			   pt->chunk_shift, pt->ti->len, pt->copy_slots);
 	if (!r) {
 		job->img.origin = pt->origin->bdev;
@@ -430,7 +435,7 @@ int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p)
 		}
 	}
 
-	ptb_hold_writes(pd);
+	ptb_hold_writes(&pd->gate);
 	if (bitmap) {
 		job->bitmap = bitmap;
 		job->bitmap_user = (struct ptb_bitmap_user) {
@@ -442,16 +447,16 @@ int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p)
 			.mode = p->bitmap_mode,
 		};
 		ptb_bitmap_freeze(bitmap, &job->bitmap_user, succ);
-		if (job->sync == PTB_SYNC_INCREMENTAL)
-			job->bytes_total = ptb_bitmap_select_chunks(bitmap);
 	}
+	job->bytes_total = job->type->begin(job);
 	list_add_tail(&job->node, &pd->jobs);
 	pd->nr_jobs++;
 	ptb_image_publish(&job->img);
-	ptb_release_writes(pd);
+	ptb_release_writes(&pd->gate);
 
-	DMINFO("%s: job %s: backup of %lu chunks of %u sectors to %u:%u started, sync=%s",
-	       ptb_device_name(pd), job->id, job->img.nr_chunks, 1U << job->img.chunk_shift,
+	DMINFO("%s: job %s: %s of %lu chunks of %u sectors to %u:%u started, sync=%s",
+	       ptb_device_name(pd), job->id, job->type->name, job->img.nr_chunks,
+	       1U << job->img.chunk_shift,
 	       MAJOR(job->target_dev), MINOR(job->target_dev),
 	       ptb_sync_name(job->sync));
 	pd->notify(pd);
@@ -619,8 +624,8 @@ static void ptb_job_flush_end_io(struct bio *bio)
 	bio_put(bio);
 	rcu_read_lock();
 	WRITE_ONCE(job->flush_result, r);
-	ptb_wake_worker(pd);
-	ptb_io_end(pd);
+	ptb_wake_worker(&pd->cow);
+	ptb_io_end(&pd->cow);
 	rcu_read_unlock();
 }
 
@@ -635,7 +640,7 @@ static void ptb_job_flush(struct ptb_job *job)
 	bio->bi_end_io = ptb_job_flush_end_io;
 	bio->bi_private = job;
 	WRITE_ONCE(job->flush_result, 1);
-	ptb_io_start(job->pd);
+	ptb_io_start(&job->pd->cow);
 	submit_bio(bio);
 }
 
@@ -697,14 +702,44 @@ static void ptb_job_service_ending(struct ptb_job *job, enum ptb_job_state state
 }
 
 /*
- * Advance a running job: retries, the sweep, the final flush.  Returns 0,
- * or the delay in jiffies after which the worker should run again.
+ * Advance a running job: its type copies what is left; once all is
+ * copied, the final flush.  Returns 0, or the delay in jiffies after which
+ * the worker should run again.
  */
 static unsigned long ptb_job_service_running(struct ptb_job *job)
 {
+	bool all_copied = false;
 	unsigned long delay;
 
-	if (job->sync == PTB_SYNC_NONE || READ_ONCE(job->pd->suspended))
+	if (READ_ONCE(job->pd->suspended))
+		return 0;
+	delay = job->type->advance(job, &all_copied);
+	if (all_copied)
+		ptb_job_flush(job);
+	return delay;
+}
+
+/*----------------------------------------------------------------*/
+
+/*
+ * The backup type: the point-in-time image is saved to the target.
+ * sync=full copies every chunk, incremental the chunks its bitmap selected
+ * (the others are marked done at the start), none only what writes
+ * overwrite, until it is cancelled.
+ */
+static u64 ptb_backup_begin(struct ptb_job *job)
+{
+	if (job->sync == PTB_SYNC_INCREMENTAL)
+		return ptb_bitmap_select_chunks(job->bitmap);
+	return job->bytes_total;
+}
+
+/* Retries, then the sweep; all copied once no chunk is left or in flight. */
+static unsigned long ptb_backup_advance(struct ptb_job *job, bool *all_copied)
+{
+	unsigned long delay;
+
+	if (job->sync == PTB_SYNC_NONE)
 		return 0;
 	if (job->retry_at) {
 		if (time_before(jiffies, job->retry_at))
@@ -722,9 +757,15 @@ static unsigned long ptb_job_service_running(struct ptb_job *job)
 		job->cursor = 0;
 		return job->retry_at ? job->retry_at - jiffies : 1;
 	}
-	ptb_job_flush(job);
+	*all_copied = true;
 	return 0;
 }
+
+const struct ptb_job_type ptb_backup_job = {
+	.name = "backup",
+	.begin = ptb_backup_begin,
+	.advance = ptb_backup_advance,
+};
 
 /* Advance a job (the image's service op).  Returns 0 or a delay. */
 static unsigned long ptb_job_service(struct ptb_image *img)
@@ -786,14 +827,14 @@ int ptb_job_resume(struct ptb_job *job)
 {
 	if (!ptb_job_transition(job, BIT(PTB_JOB_PAUSED), PTB_JOB_RUNNING))
 		return -EINVAL;
-	ptb_wake_worker(job->pd);
+	ptb_wake_worker(&job->pd->cow);
 	return 0;
 }
 
 void ptb_job_set_speed(struct ptb_job *job, u64 speed)
 {
 	WRITE_ONCE(job->speed, speed);
-	ptb_wake_worker(job->pd);
+	ptb_wake_worker(&job->pd->cow);
 }
 
 static void ptb_job_remove(struct ptb_job *job)
@@ -855,14 +896,14 @@ unsigned int ptb_job_emit(const struct ptb_job *job, char *result,
 	unsigned long long done = atomic64_read(&job->bytes_done);
 
 	if (!verbose) {
-		DMEMIT(" %s backup %s %s %llu %llu %llu %s", job->id,
+		DMEMIT(" %s %s %s %s %llu %llu %llu %s", job->id, job->type->name,
 		       ptb_sync_name(job->sync), state, done,
 		       (unsigned long long)job->bytes_total,
 		       (unsigned long long)READ_ONCE(job->speed), error);
 		return sz;
 	}
-	DMEMIT("%s type=backup sync=%s state=%s done=%llu total=%llu speed=%llu",
-	       job->id, ptb_sync_name(job->sync), state, done,
+	DMEMIT("%s type=%s sync=%s state=%s done=%llu total=%llu speed=%llu",
+	       job->id, job->type->name, ptb_sync_name(job->sync), state, done,
 	       (unsigned long long)job->bytes_total,
 	       (unsigned long long)READ_ONCE(job->speed));
 	DMEMIT(" zero=%llu target=%u:%u chunk=%u error=%s\n",

@@ -37,7 +37,34 @@ enum ptb_job_state {
 	PTB_JOB_NR_STATES
 };
 
+struct ptb_job;
+
+/*
+ * What one type of job does.  The state machine, error policies, rate
+ * limit, final flush, bitmap hand-over and release are common to every
+ * type; the type decides what the job copies.
+ */
+struct ptb_job_type {
+	const char *name;		/* in log lines */
+	/*
+	 * At the job's point in time, writes held, its bitmap (if any)
+	 * frozen: returns the bytes the job will copy.  Must not sleep on I/O.
+	 */
+	u64 (*begin)(struct ptb_job *job);
+	/*
+	 * Worker, the job running and the device not suspended: issue the
+	 * next copies.  Returns 0 or a delay in jiffies.  Sets *all_copied
+	 * once nothing is left to copy or in flight: the job then flushes
+	 * its target and ends.
+	 */
+	unsigned long (*advance)(struct ptb_job *job, bool *all_copied);
+};
+
+/* Saves the point-in-time image: sync=full, incremental or none. */
+extern const struct ptb_job_type ptb_backup_job;
+
 struct ptb_job_params {
+	const struct ptb_job_type *type;
 	char id[PTB_JOB_ID_MAX + 1];
 	const char *target_path;
 	enum ptb_sync_mode sync;
@@ -52,6 +79,7 @@ struct ptb_job_params {
 struct ptb_job {
 	struct list_head node;		/* pd->jobs; pd->lock */
 	struct ptb_device *pd;
+	const struct ptb_job_type *type;
 	char id[PTB_JOB_ID_MAX + 1];
 	enum ptb_sync_mode sync;
 	enum ptb_error_action on_source_error;

@@ -231,6 +231,7 @@ static int ptb_parse_backup_start(const char *dev, unsigned int argc,
 	int r;
 
 	memset(p, 0, sizeof(*p));
+	p->type = &ptb_backup_job;
 	p->sync = PTB_SYNC_FULL;
 	p->on_source_error = PTB_ERR_REPORT;
 	p->on_target_error = PTB_ERR_REPORT;
@@ -353,10 +354,19 @@ static int ptb_msg_job_list(struct ptb_target *pt, unsigned int argc,
 
 /* bitmap <verb> <name> ... */
 
+/* The live table, as the bitmap layer needs to know it. */
+static struct ptb_table_geom ptb_msg_geom(const struct ptb_target *pt)
+{
+	return (struct ptb_table_geom) {
+		.dev_sectors = pt->ti->len,
+		.chunk_sectors = pt->chunk_sectors,
+	};
+}
+
 static struct ptb_bitmap *ptb_msg_find_bitmap(struct ptb_target *pt,
 					      const char *verb, const char *name)
 {
-	struct ptb_bitmap *b = ptb_bitmap_find(pt->pd, name);
+	struct ptb_bitmap *b = ptb_bitmap_find(&pt->pd->trk, name);
 
 	if (!b)
 		DMERR("%s: bitmap %s: no bitmap `%s'", ptb_device_name(pt->pd),
@@ -369,6 +379,7 @@ static int ptb_msg_bitmap_add(struct ptb_target *pt, unsigned int argc,
 {
 	const char *dev = ptb_device_name(pt->pd);
 	bool transient = false, disabled = false, gran_set = false;
+	struct ptb_table_geom g;
 	u64 granularity = 0;
 	unsigned int i;
 
@@ -395,7 +406,9 @@ static int ptb_msg_bitmap_add(struct ptb_target *pt, unsigned int argc,
 			return -EINVAL;
 		}
 	}
-	return ptb_bitmap_add(pt, argv[0], granularity, transient, disabled);
+	g = ptb_msg_geom(pt);
+	return ptb_bitmap_add(&pt->pd->trk, &g, argv[0], granularity, transient,
+			      disabled);
 }
 
 static int ptb_msg_bitmap_remove(struct ptb_target *pt, unsigned int argc,
@@ -403,7 +416,7 @@ static int ptb_msg_bitmap_remove(struct ptb_target *pt, unsigned int argc,
 {
 	struct ptb_bitmap *b = ptb_msg_find_bitmap(pt, "remove", argv[0]);
 
-	return b ? ptb_bitmap_remove(pt->pd, b) : -ENOENT;
+	return b ? ptb_bitmap_remove(&pt->pd->trk, b) : -ENOENT;
 }
 
 static int ptb_msg_bitmap_clear(struct ptb_target *pt, unsigned int argc,
@@ -411,7 +424,7 @@ static int ptb_msg_bitmap_clear(struct ptb_target *pt, unsigned int argc,
 {
 	struct ptb_bitmap *b = ptb_msg_find_bitmap(pt, "clear", argv[0]);
 
-	return b ? ptb_bitmap_clear(pt->pd, b) : -ENOENT;
+	return b ? ptb_bitmap_clear(&pt->pd->trk, b) : -ENOENT;
 }
 
 static int ptb_msg_bitmap_enable(struct ptb_target *pt, unsigned int argc,
@@ -419,7 +432,7 @@ static int ptb_msg_bitmap_enable(struct ptb_target *pt, unsigned int argc,
 {
 	struct ptb_bitmap *b = ptb_msg_find_bitmap(pt, "enable", argv[0]);
 
-	return b ? ptb_bitmap_enable(pt->pd, b, true) : -ENOENT;
+	return b ? ptb_bitmap_enable(&pt->pd->trk, b, true) : -ENOENT;
 }
 
 static int ptb_msg_bitmap_disable(struct ptb_target *pt, unsigned int argc,
@@ -427,7 +440,7 @@ static int ptb_msg_bitmap_disable(struct ptb_target *pt, unsigned int argc,
 {
 	struct ptb_bitmap *b = ptb_msg_find_bitmap(pt, "disable", argv[0]);
 
-	return b ? ptb_bitmap_enable(pt->pd, b, false) : -ENOENT;
+	return b ? ptb_bitmap_enable(&pt->pd->trk, b, false) : -ENOENT;
 }
 
 static int ptb_msg_bitmap_merge(struct ptb_target *pt, unsigned int argc,
@@ -443,13 +456,13 @@ static int ptb_msg_bitmap_merge(struct ptb_target *pt, unsigned int argc,
 		      ptb_device_name(pt->pd), src->name);
 		return -EINVAL;
 	}
-	return ptb_bitmap_merge(pt->pd, src, dst);
+	return ptb_bitmap_merge(&pt->pd->trk, src, dst);
 }
 
 static int ptb_msg_bitmap_list(struct ptb_target *pt, unsigned int argc,
 			       char **argv, char *result, unsigned int maxlen)
 {
-	return ptb_bitmap_list(pt->pd, result, maxlen);
+	return ptb_bitmap_list(&pt->pd->trk, pt->ti->len, result, maxlen);
 }
 
 static int ptb_msg_bitmap_dump(struct ptb_target *pt, unsigned int argc,
@@ -465,7 +478,7 @@ static int ptb_msg_bitmap_dump(struct ptb_target *pt, unsigned int argc,
 		      ptb_device_name(pt->pd), b->name, argv[1]);
 		return -EINVAL;
 	}
-	return ptb_bitmap_dump(pt->pd, b, start, result, maxlen);
+	return ptb_bitmap_dump(&pt->pd->trk, b, pt->ti->len, start, result, maxlen);
 }
 
 /*----------------------------------------------------------------*/
@@ -572,7 +585,7 @@ static bool ptb_view_bitmap(struct ptb_txn_view *v, const char *name, bool *busy
 		*busy = v->ov[i].busy;
 		return v->ov[i].exists;
 	}
-	b = ptb_bitmap_find(v->pd, name);
+	b = ptb_bitmap_find(&v->pd->trk, name);
 	*busy = b && READ_ONCE(b->busy);
 	return b;
 }
@@ -680,13 +693,13 @@ static const char *ptb_txn_saved_bitmap(const struct ptb_txn_elem *e)
 static int ptb_txn_apply(struct ptb_target *pt, struct ptb_txn_elem *e)
 {
 	const char *name = ptb_txn_saved_bitmap(e);
-	struct ptb_bitmap *b = name ? ptb_bitmap_find(pt->pd, name) : NULL;
+	struct ptb_bitmap *b = name ? ptb_bitmap_find(&pt->pd->trk, name) : NULL;
 	int r;
 
 	if (e->h->kind == PTB_MSG_BACKUP_START)
 		return ptb_job_start(pt, &e->p);
 	if (e->h->kind == PTB_MSG_BITMAP_ENABLE || e->h->kind == PTB_MSG_BITMAP_DISABLE) {
-		b = ptb_bitmap_find(pt->pd, e->argv[0]);
+		b = ptb_bitmap_find(&pt->pd->trk, e->argv[0]);
 		if (b)
 			e->was_enabled = READ_ONCE(b->enabled);
 	}
@@ -702,6 +715,7 @@ static int ptb_txn_apply(struct ptb_target *pt, struct ptb_txn_elem *e)
 static void ptb_txn_undo(struct ptb_target *pt, struct ptb_txn_elem *elems,
 			 unsigned int n)
 {
+	struct ptb_table_geom g = ptb_msg_geom(pt);
 	struct ptb_device *pd = pt->pd;
 	struct ptb_txn_elem *e;
 	struct ptb_bitmap *b;
@@ -710,23 +724,23 @@ static void ptb_txn_undo(struct ptb_target *pt, struct ptb_txn_elem *elems,
 	while (n--) {
 		e = &elems[n];
 		b = e->h->kind == PTB_MSG_BACKUP_START ? NULL :
-			ptb_bitmap_find(pd, e->argv[0]);
+			ptb_bitmap_find(&pd->trk, e->argv[0]);
 		switch (e->h->kind) {
 		case PTB_MSG_BITMAP_ADD:
 			if (b)
-				ptb_bitmap_remove(pd, b);
+				ptb_bitmap_remove(&pd->trk, b);
 			break;
 		case PTB_MSG_BITMAP_CLEAR:
 		case PTB_MSG_BITMAP_MERGE:
 		case PTB_MSG_BITMAP_REMOVE:
-			if (e->saved.bits && ptb_bitmap_restore(pt, &e->saved))
+			if (e->saved.bits && ptb_bitmap_restore(&pd->trk, &g, &e->saved))
 				DMERR("%s: transaction: cannot undo element %u (%s %s)",
 				      ptb_device_name(pd), n, e->h->verb, e->h->object);
 			break;
 		case PTB_MSG_BITMAP_ENABLE:
 		case PTB_MSG_BITMAP_DISABLE:
 			if (b)
-				ptb_bitmap_enable(pd, b, e->was_enabled);
+				ptb_bitmap_enable(&pd->trk, b, e->was_enabled);
 			break;
 		case PTB_MSG_BACKUP_START:
 			job = ptb_job_find(pd, e->p.id);
@@ -789,7 +803,7 @@ static int ptb_transaction(struct ptb_target *pt, unsigned int argc, char **argv
 		}
 	}
 
-	ptb_hold_writes(pt->pd);
+	ptb_hold_writes(&pt->pd->gate);
 	for (i = 0; i < n; i++) {
 		r = ptb_txn_apply(pt, &elems[i]);
 		if (r) {
@@ -799,7 +813,7 @@ static int ptb_transaction(struct ptb_target *pt, unsigned int argc, char **argv
 			break;
 		}
 	}
-	ptb_release_writes(pt->pd);
+	ptb_release_writes(&pt->pd->gate);
 out:
 	for (i = 0; elems && i < n; i++)
 		ptb_bitmap_copy_free(&elems[i].saved);

@@ -33,12 +33,15 @@
 
 #define DM_MSG_PREFIX "ptbackup"
 
+#define PTB_MD_BLOCK_SIZE	4096
+#define PTB_MD_BITS_PER_BLOCK	(PTB_MD_BLOCK_SIZE * 8)
 #define PTB_MD_SB_COPIES	2
 #define PTB_MD_INTENT_BLOCK	PTB_MD_SB_COPIES
 #define PTB_MD_FIRST_DATA_BLOCK	(PTB_MD_INTENT_BLOCK + 1)
 #define PTB_MD_MAGIC		0x4b425450	/* "PTBK" */
 #define PTB_MD_VERSION		2
 /* Intent regions: at least 4 MiB, at most one block of them. */
+static_assert(PTB_MD_MAX_REGIONS <= PTB_MD_BITS_PER_BLOCK);
 #define PTB_MD_MIN_REGION_SHIFT	13	/* sectors */
 #define PTB_MD_CSUM_XOR		0x70746231
 /* 512 PiB: bitmap sizes in bytes and bits never wrap. */
@@ -106,12 +109,12 @@ static u64 ptb_md_nr_regions(sector_t dev_sectors, unsigned int shift)
 	return max_t(u64, 1, DIV_ROUND_UP_ULL(dev_sectors, 1ULL << shift));
 }
 
-/* The smallest region size that covers the device with one block of bits. */
+/* The smallest region size that covers the device with the log's bits. */
 static unsigned int ptb_md_region_shift_for(sector_t dev_sectors)
 {
 	unsigned int shift = PTB_MD_MIN_REGION_SHIFT;
 
-	while (ptb_md_nr_regions(dev_sectors, shift) > PTB_MD_BITS_PER_BLOCK)
+	while (ptb_md_nr_regions(dev_sectors, shift) > PTB_MD_MAX_REGIONS)
 		shift++;
 	return shift;
 }
@@ -191,7 +194,7 @@ static int ptb_md_unpack(struct ptb_metadata *pmd,
 	}
 	if (pmd->region_shift < PTB_MD_MIN_REGION_SHIFT || pmd->region_shift > 40 ||
 	    ptb_md_nr_regions(pmd->dev_sectors, pmd->region_shift) >
-	    PTB_MD_BITS_PER_BLOCK) {
+	    PTB_MD_MAX_REGIONS) {
 		*error = "Metadata superblock describes an impossible intent log";
 		return -EINVAL;
 	}
@@ -643,31 +646,43 @@ int ptb_metadata_set_enabled(struct ptb_metadata *pmd, unsigned int slot,
 	return 0;
 }
 
-int ptb_metadata_copy_block(struct ptb_metadata *pmd, unsigned int slot,
-			    u64 index, const unsigned long *bits)
+/* Fill block index of slot s from an in-core bitmap.  pmd->lock held. */
+static int ptb_md_write_block(struct ptb_metadata *pmd, struct ptb_md_slot *s,
+			      u64 index, const unsigned long *bits)
+{
+	u64 base = index * PTB_MD_BITS_PER_BLOCK;
+	struct dm_buffer *buf;
+	void *data;
+
+	data = dm_bufio_new(pmd->bufio, s->first_block + index, &buf);
+	if (IS_ERR(data))
+		return ptb_md_fail(pmd, "write", PTR_ERR(data));
+	ptb_md_fill_block(data, bits, base,
+			  min_t(u64, PTB_MD_BITS_PER_BLOCK, s->b.nr_bits - base));
+	dm_bufio_mark_buffer_dirty(buf);
+	dm_bufio_release(buf);
+	return 0;
+}
+
+int ptb_metadata_write_bits(struct ptb_metadata *pmd, unsigned int slot,
+			    const unsigned long *bits, u64 nr_bits,
+			    u64 first, u64 last)
 {
 	struct ptb_md_slot *s = &pmd->slots[slot];
-	struct dm_buffer *buf;
-	u64 base = index * PTB_MD_BITS_PER_BLOCK;
-	void *data;
+	u64 index;
 	int r = -EIO;
 
 	mutex_lock(&pmd->lock);
 	if (pmd->failed)
 		goto out;
-	r = 0;
-	if (index >= s->nr_blocks)	/* the slot was freed meanwhile */
+	r = -EINVAL;
+	if (WARN_ON_ONCE(!s->used || nr_bits != s->b.nr_bits ||
+			 first > last || last >= nr_bits))
 		goto out;
-	data = dm_bufio_new(pmd->bufio, s->first_block + index, &buf);
-	if (IS_ERR(data)) {
-		r = ptb_md_fail(pmd, "write", PTR_ERR(data));
-		goto out;
-	}
-	ptb_md_fill_block(data, bits, base,
-			  min_t(u64, PTB_MD_BITS_PER_BLOCK, s->b.nr_bits - base));
-	dm_bufio_mark_buffer_dirty(buf);
-	dm_bufio_release(buf);
 	r = 0;
+	for (index = first / PTB_MD_BITS_PER_BLOCK;
+	     !r && index <= last / PTB_MD_BITS_PER_BLOCK; index++)
+		r = ptb_md_write_block(pmd, s, index, bits);
 out:
 	mutex_unlock(&pmd->lock);
 	return r;

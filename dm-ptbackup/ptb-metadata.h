@@ -18,8 +18,8 @@
 
 #define PTB_MAX_PERSISTENT_BITMAPS	16
 #define PTB_BITMAP_NAME_MAX		32
-#define PTB_MD_BLOCK_SIZE		4096
-#define PTB_MD_BITS_PER_BLOCK		(PTB_MD_BLOCK_SIZE * 8)
+/* The write-intent log holds at most this many regions. */
+#define PTB_MD_MAX_REGIONS		32768
 
 struct ptb_metadata;
 
@@ -61,11 +61,13 @@ int ptb_metadata_set_enabled(struct ptb_metadata *pmd, unsigned int slot,
 int ptb_metadata_check_space(struct ptb_metadata *pmd, u64 nr_bits);
 
 /*
- * Copy block index (bits index * PTB_MD_BITS_PER_BLOCK onwards) of an
- * in-core bitmap to disk; durable after the next commit.
+ * Write bits first..last of the slot's in-core bitmap (of nr_bits, which
+ * must be the slot's size) to disk; durable after the next commit.
+ * Neighbouring bits may be written too, from the same in-core bitmap.
  */
-int ptb_metadata_copy_block(struct ptb_metadata *pmd, unsigned int slot,
-			    u64 index, const unsigned long *bits);
+int ptb_metadata_write_bits(struct ptb_metadata *pmd, unsigned int slot,
+			    const unsigned long *bits, u64 nr_bits,
+			    u64 first, u64 last);
 /* Replace a bitmap's bits with an in-core bitmap. */
 int ptb_metadata_store_bits(struct ptb_metadata *pmd, unsigned int slot,
 			    const unsigned long *bits);

@@ -222,16 +222,16 @@ static void ptb_split_write(struct ptb_target *pt, struct bio *bio)
  */
 static int ptb_route_cow(struct ptb_device *pd, struct bio *bio)
 {
-	if (likely(list_empty(&pd->images)) || !ptb_write_needs_cow(pd, bio))
+	if (likely(list_empty(&pd->cow.images)) || !ptb_write_needs_cow(&pd->cow, bio))
 		return DM_MAPIO_REMAPPED;
-	ptb_defer_bio(pd, bio);
+	ptb_defer_bio(&pd->cow, bio);
 	return DM_MAPIO_SUBMITTED;
 }
 
 static int ptb_route_write(struct ptb_device *pd, struct bio *bio)
 {
-	if (!list_empty(&pd->bitmaps) && ptb_bitmaps_mark(pd, bio)) {
-		ptb_defer_mark(pd, bio);
+	if (!list_empty(&pd->trk.bitmaps) && ptb_bitmaps_mark(&pd->trk, bio)) {
+		ptb_defer_mark(&pd->trk, bio);
 		return DM_MAPIO_SUBMITTED;
 	}
 	return ptb_route_cow(pd, bio);
@@ -251,15 +251,21 @@ static void ptb_writes_released(struct ptb_device *pd, struct bio_list *bios)
 
 	while ((bio = bio_list_pop(bios))) {
 		pb = dm_per_bio_data(bio, sizeof(struct ptb_bio));
-		if (ptb_account_write(pd, pb, bio) &&
+		if (ptb_account_write(&pd->gate, pb, bio) &&
 		    ptb_route_write(pd, bio) == DM_MAPIO_REMAPPED)
 			dm_submit_bio_remap(bio, NULL);
 	}
 }
 
+/* A job's hand-over that found the hold taken runs again (ptb-job.c). */
+static void ptb_hold_released(struct ptb_device *pd)
+{
+	ptb_wake_worker(&pd->cow);
+}
+
 static const struct ptb_write_ops ptb_write_ops = {
 	.released = ptb_writes_released,
-	.hold_released = ptb_wake_worker,
+	.hold_released = ptb_hold_released,
 	.marked = ptb_write_marked,
 };
 
@@ -277,9 +283,9 @@ static int ptb_map(struct dm_target *ti, struct bio *bio)
 	if (!op_is_write(bio_op(bio)) || !bio_sectors(bio))
 		return DM_MAPIO_REMAPPED;
 
-	if (!list_empty(&pd->images) || READ_ONCE(pd->hold_writes))
+	if (!list_empty(&pd->cow.images) || READ_ONCE(pd->gate.hold_writes))
 		ptb_split_write(pt, bio);
-	if (!ptb_account_write(pd, pb, bio))
+	if (!ptb_account_write(&pd->gate, pb, bio))
 		return DM_MAPIO_SUBMITTED;
 	return ptb_route_write(pd, bio);
 }
@@ -291,7 +297,7 @@ static int ptb_end_io(struct dm_target *ti, struct bio *bio,
 	struct ptb_bio *pb = dm_per_bio_data(bio, sizeof(struct ptb_bio));
 
 	if (pb->counted)
-		ptb_write_done(pt->pd, pb);
+		ptb_write_done(&pt->pd->gate, pb);
 	return DM_ENDIO_DONE;
 }
 
@@ -350,9 +356,9 @@ static void ptb_resume(struct dm_target *ti)
 
 static const char *ptb_metadata_mode(struct ptb_device *pd)
 {
-	if (!pd->pmd)
+	if (!pd->trk.pmd)
 		return "-";
-	return ptb_metadata_failed(pd->pmd) ? "fail" : "rw";
+	return ptb_metadata_failed(pd->trk.pmd) ? "fail" : "rw";
 }
 
 static void ptb_status(struct dm_target *ti, status_type_t type,
@@ -368,7 +374,7 @@ static void ptb_status(struct dm_target *ti, status_type_t type,
 	case STATUSTYPE_INFO:
 		mutex_lock(&pd->lock);
 		DMEMIT("%llu %lu %s %u %u", (unsigned long long)pt->chunk_sectors,
-		       pt->nr_chunks, ptb_metadata_mode(pd), pd->nr_bitmaps,
+		       pt->nr_chunks, ptb_metadata_mode(pd), pd->trk.nr_bitmaps,
 		       pd->nr_jobs);
 		list_for_each_entry(job, &pd->jobs, node)
 			sz = ptb_job_emit(job, result, maxlen, sz, false);

@@ -3,8 +3,8 @@
  * dm-ptbackup: point-in-time backups of a live block device.
  *
  * What every layer shares: limits, the job options, per-bio data.  Each
- * layer's API is in its own header (ptb-metadata.h, ptb-bitmap.h,
- * ptb-cow.h, ptb-job.h, ptb-device.h, ptb-message.h).
+ * layer's API and state are in its own header (ptb-metadata.h, ptb-gate.h,
+ * ptb-bitmap.h, ptb-cow.h, ptb-job.h, ptb-device.h, ptb-message.h).
  *
  * Objects and their lifetimes:
  *
@@ -15,17 +15,21 @@
  *  struct ptb_target  - one per table instance (ti->private).
  *  struct ptb_job     - a backup job.  On the device's job list from
  *                       `backup start' until `job dismiss' (or removal).
+ *  struct ptb_gate, ptb_tracking, ptb_cow - the state of the gate, of
+ *                       tracking and of the copy engine, embedded in the
+ *                       device object.
  *  struct ptb_image   - a job's point-in-time image as the copy engine
- *                       sees it; on the device's RCU image list as long.
+ *                       sees it; on the engine's RCU image list as long.
  *  struct ptb_copy    - one chunk being copied to one image's target, with
  *                       the writes waiting for it.
  *
  * Locking and contexts: Documentation/ptbackup.rst, "Locking and contexts".
  *  - pd->lock (mutex) serialises messages, job and bitmap list changes,
  *    status, the constructor's checks and preresume.
- *  - pd->hold_lock (mutex) belongs to the owner of the write hold.
- *  - pd->bio_lock (spinlock, irq-safe) guards the bio lists and the
- *    completed-copy list.
+ *  - pd->gate.hold_lock (mutex) belongs to the owner of the write hold.
+ *  - One irq-safe spinlock per layer guards that layer's bio lists:
+ *    pd->gate.lock (held writes), pd->trk.mark_lock (writes waiting for
+ *    their intent), pd->cow.lock (deferred writes, completed copies).
  *  - The copy table, slots, cursors and copies in flight belong to the
  *    worker, a single-threaded workqueue, and need no lock.  Job states
  *    change by cmpxchg only.

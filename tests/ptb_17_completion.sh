@@ -10,7 +10,6 @@ need_module dm-log-writes dm-flakey
 
 tap_plan 13
 lib=$(cd "$(dirname "$0")/lib" && pwd)
-dump() { dm_msg "$1" bitmap dump "$2" | tr '\n' ' ' | sed 's/ $//'; }
 
 # 1. The flush at completion comes after the last chunk's write.
 o=$(make_loop 8) t=$(make_loop 8) l=$(make_loop 64)
@@ -87,7 +86,7 @@ want=
 for c in "${dirty[@]:$k}" 250; do
 	want="$want $((c * 65536)) 65536"
 done
-tap_eq "always, cancelled: not copied plus written since" "${want# }" "$(dump ptb_al a)"
+tap_eq "always, cancelled: not copied plus written since" "${want# }" "$(ptb_dump ptb_al a)"
 dm_msg ptb_al job dismiss i
 
 # 4. bitmap_mode=always, completed: only the writes since the start.
@@ -96,6 +95,6 @@ dd if=/dev/urandom of=/dev/mapper/ptb_al bs=64k count=1 seek=240 oflag=direct st
 dm_msg ptb_al job set_speed j 0
 ptb_wait_state ptb_al j completed 60
 tap_eq "always, completed: the bitmap holds the writes since the start" \
-	"$((240 * 65536)) 65536" "$(dump ptb_al a)"
+	"$((240 * 65536)) 65536" "$(ptb_dump ptb_al a)"
 dmsetup remove ptb_al
 tap_done

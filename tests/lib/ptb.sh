@@ -7,6 +7,9 @@
 #   dmesg_mark / dmesg_since       kernel log lines since the mark
 #   expect_refused DESC TEXT CMD...  CMD fails and the log says TEXT
 #   status_of DEV                  the target part of `dmsetup status`
+#   ptb_dump DEV BITMAP            the bitmap's dirty extents, on one line
+#   ptb_wait_copied DEV JOB        poll (30 s) until done equals total
+#   dm_rm NAME...                  remove devices, quietly
 
 status_of() {
 	dmsetup status "$1" | cut -d' ' -f4-
@@ -41,6 +44,23 @@ ptb_wait_state() {
 	done
 	echo "job $job still $s after ${secs}s, wanted $want" >&2
 	return 1
+}
+
+ptb_dump() {
+	dm_msg "$1" bitmap dump "$2" | tr '\n' ' ' | sed 's/ $//'
+}
+
+ptb_wait_copied() {
+	local i
+	for ((i = 0; i < 600; i++)); do
+		[ "$(ptb_job_field "$1" "$2" done)" = "$(ptb_job_field "$1" "$2" total)" ] && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+dm_rm() {
+	dmsetup remove "$@" >/dev/null 2>&1
 }
 
 DMESG_MARK=0
