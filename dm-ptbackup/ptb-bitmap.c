@@ -56,10 +56,10 @@ static void ptb_bits_set(unsigned long *bits, unsigned long first,
 			set_bit(i, bits);
 }
 
-/* NULL, quietly, for sizes no allocator takes (a crafted metadata image). */
+/* NULL, quietly, for sizes the bitmap helpers cannot take (crafted metadata). */
 static unsigned long *ptb_bits_alloc(unsigned long nr_bits, gfp_t gfp)
 {
-	if (BITS_TO_LONGS(nr_bits) > INT_MAX / sizeof(unsigned long))
+	if (nr_bits > PTB_MAX_BITS)
 		return NULL;
 	return kvcalloc(BITS_TO_LONGS(nr_bits), sizeof(unsigned long),
 			gfp | __GFP_NOWARN);
@@ -788,6 +788,12 @@ int ptb_bitmap_add(struct ptb_tracking *trk, const struct ptb_table_geom *g,
 		      dev, name, granularity, (u64)g->chunk_sectors << SECTOR_SHIFT);
 		return -EINVAL;
 	}
+	if (DIV_ROUND_UP_ULL((u64)g->dev_sectors << SECTOR_SHIFT, granularity) >
+	    PTB_MAX_BITS) {
+		DMERR("%s: bitmap add %s: granularity %llu is too small for this device: at most %d granules",
+		      dev, name, granularity, PTB_MAX_BITS);
+		return -EINVAL;
+	}
 	if (persistent && ptb_metadata_failed(trk->pmd)) {
 		DMERR("%s: bitmap add %s: metadata failed: add transient bitmaps only",
 		      dev, name);
@@ -1118,28 +1124,68 @@ static bool ptb_bitmap_chunk_range(const struct ptb_bitmap *b,
 }
 
 /*
+ * Clear in the user's chunk map (all set: every chunk clean) the chunks
+ * that dirty granules touch.  Walks the bitmap's words and its dirty
+ * granules, never every chunk.
+ */
+static void ptb_bitmap_unmark_dirty(const struct ptb_bitmap *b,
+				    const struct ptb_bitmap_user *u)
+{
+	unsigned int cshift = u->chunk_shift + SECTOR_SHIFT;
+	unsigned long g, c, end, k;
+
+	if (b->gran_shift >= cshift) {
+		/* A granule covers 1 << k chunks: clear runs of dirty granules. */
+		k = b->gran_shift - cshift;
+		for (g = find_first_bit(b->bits, b->nr_bits); g < b->nr_bits;
+		     g = find_next_bit(b->bits, b->nr_bits, end)) {
+			end = find_next_zero_bit(b->bits, b->nr_bits, g);
+			c = g << k;
+			if (c >= u->nr_chunks)
+				break;
+			bitmap_clear(u->done, c, min(u->nr_chunks, end << k) - c);
+		}
+		return;
+	}
+	/* A chunk covers 1 << k granules: one dirty granule is enough. */
+	k = cshift - b->gran_shift;
+	for (g = find_first_bit(b->bits, b->nr_bits); g < b->nr_bits;
+	     g = find_next_bit(b->bits, b->nr_bits, (c + 1) << k)) {
+		c = g >> k;
+		if (c >= u->nr_chunks)
+			break;
+		__clear_bit(c, u->done);
+	}
+}
+
+/*
  * With writes held, for an incremental backup: mark every clean chunk as
  * done in the user's chunk map, so that only dirty ones are copied.
+ * Chunks the bitmap does not cover are copied, to be safe.  Word-wise
+ * bitmap operations only: the hold lasts microseconds per GiB of bitmap.
  * Returns the bytes left to copy.
  */
 u64 ptb_bitmap_select_chunks(struct ptb_bitmap *b)
 {
 	const struct ptb_bitmap_user *u = b->busy;
-	u64 chunk_bytes = 1ULL << (u->chunk_shift + SECTOR_SHIFT);
+	unsigned int cshift = u->chunk_shift + SECTOR_SHIFT;
 	u64 dev_bytes = (u64)u->dev_sectors << SECTOR_SHIFT;
-	unsigned long c, first, last;
-	u64 total = 0;
+	u64 covered = (u64)b->nr_bits << b->gran_shift;
+	unsigned long first_uncovered, nr_dirty;
+	u64 total;
 
-	for (c = 0; c < u->nr_chunks; c++) {
-		/* A chunk the bitmap does not cover is copied, to be safe. */
-		if (!ptb_bitmap_chunk_range(b, u, c, &first, &last) ||
-		    find_next_bit(b->bits, last + 1, first) <= last)
-			total += min_t(u64, chunk_bytes, dev_bytes - c * chunk_bytes);
-		else
-			__set_bit(c, u->done);
-		if (!(c & 4095))
-			cond_resched();
-	}
+	bitmap_fill(u->done, u->nr_chunks);
+	ptb_bitmap_unmark_dirty(b, u);
+	first_uncovered = covered >= dev_bytes ? u->nr_chunks :
+			  min_t(u64, u->nr_chunks, covered >> cshift);
+	if (first_uncovered < u->nr_chunks)
+		bitmap_clear(u->done, first_uncovered, u->nr_chunks - first_uncovered);
+
+	nr_dirty = u->nr_chunks - bitmap_weight(u->done, u->nr_chunks);
+	total = (u64)nr_dirty << cshift;
+	/* The last chunk may be short. */
+	if (nr_dirty && !test_bit(u->nr_chunks - 1, u->done))
+		total -= ((u64)u->nr_chunks << cshift) - dev_bytes;
 	return total;
 }
 

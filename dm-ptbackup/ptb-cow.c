@@ -33,19 +33,36 @@ enum ptb_copy_stage {
 	PTB_COPY_WRITING,	/* writing the target */
 };
 
-struct ptb_copy {
+/* A copy's entry in the copy table for one of the chunks it covers. */
+struct ptb_copy_key {
 	struct hlist_node hnode;	/* cow->copies */
+	struct ptb_copy *copy;
+	unsigned long chunk;
+};
+
+/*
+ * One copy: nr adjacent chunks (one for a write's copy-before-write, up to
+ * PTB_RUN_MAX_CHUNKS for the background sweep), read with one I/O into nr
+ * adjacent slot buffers and written with one I/O.
+ */
+struct ptb_copy {
+	struct ptb_copy_key keys[PTB_RUN_MAX_CHUNKS];
 	struct list_head list;		/* img->slot_waiters or cow->completed_copies */
 	struct ptb_image *img;
-	unsigned long chunk;
+	unsigned long chunk;		/* the first */
+	unsigned int nr;
+	unsigned int slot;		/* the first slot buffer */
 	sector_t sector;
 	sector_t len;
 	void *buf;
 	struct bio_list waiters;	/* writes waiting for this copy */
 	enum ptb_copy_stage stage;
 	int error;
-	bool zero;
-	bool write_zeroes;	/* the target write is a write-zeroes */
+	unsigned int wpos;	/* the piece being written: chunks wpos.. */
+	unsigned int wlen;	/* ..wpos + wlen */
+	sector_t zero_len;	/* sectors written as zeroes so far */
+	bool zero;		/* the piece is all zeroes */
+	bool write_zeroes;	/* the piece's write is a write-zeroes */
 };
 
 /*
@@ -71,7 +88,6 @@ int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,
 		   unsigned int nr_slots)
 {
 	size_t size = (size_t)1 << (chunk_shift + SECTOR_SHIFT);
-	unsigned int i;
 
 	img->cow = cow;
 	img->ops = ops;
@@ -82,15 +98,12 @@ int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,
 	img->nr_chunks = DIV_ROUND_UP_SECTOR_T(dev_sectors, (sector_t)1 << chunk_shift);
 	INIT_LIST_HEAD(&img->slot_waiters);
 	img->done = kvcalloc(BITS_TO_LONGS(img->nr_chunks), sizeof(long), GFP_KERNEL);
-	img->slot_buf = kcalloc(nr_slots, sizeof(void *), GFP_KERNEL);
-	if (!img->done || !img->slot_buf)
+	img->slot_used = bitmap_zalloc(nr_slots, GFP_KERNEL);
+	/* One area: a run of chunks reads into adjacent slots. */
+	img->slot_area = vmalloc(array_size(nr_slots, size));
+	if (!img->done || !img->slot_used || !img->slot_area)
 		return -ENOMEM;
 	img->nr_slots = nr_slots;
-	for (i = 0; i < nr_slots; i++) {
-		img->slot_buf[i] = vmalloc(size);
-		if (!img->slot_buf[i])
-			return -ENOMEM;
-	}
 	img->free_slots = nr_slots;
 	return 0;
 }
@@ -98,14 +111,10 @@ int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,
 /* The chunk buffers; no copy may be in flight. */
 void ptb_image_free_buffers(struct ptb_image *img)
 {
-	unsigned int i;
-
-	if (!img->slot_buf)
-		return;
-	for (i = 0; i < img->nr_slots; i++)
-		vfree(img->slot_buf[i]);
-	kfree(img->slot_buf);
-	img->slot_buf = NULL;
+	vfree(img->slot_area);
+	img->slot_area = NULL;
+	bitmap_free(img->slot_used);
+	img->slot_used = NULL;
 }
 
 /* Everything ptb_image_init() allocated, even after it failed. */
@@ -219,12 +228,33 @@ static unsigned long ptb_copy_key(const struct ptb_image *img, unsigned long chu
 static struct ptb_copy *ptb_copy_find(struct ptb_image *img, unsigned long chunk)
 {
 	struct ptb_cow *cow = img->cow;
-	struct ptb_copy *c;
+	struct ptb_copy_key *k;
 
-	hash_for_each_possible(cow->copies, c, hnode, ptb_copy_key(img, chunk))
-		if (c->img == img && c->chunk == chunk)
-			return c;
+	hash_for_each_possible(cow->copies, k, hnode, ptb_copy_key(img, chunk))
+		if (k->chunk == chunk && k->copy->img == img)
+			return k->copy;
 	return NULL;
+}
+
+static void ptb_copy_hash(struct ptb_copy *c)
+{
+	struct ptb_copy_key *k;
+	unsigned int i;
+
+	for (i = 0; i < c->nr; i++) {
+		k = &c->keys[i];
+		k->copy = c;
+		k->chunk = c->chunk + i;
+		hash_add(c->img->cow->copies, &k->hnode, ptb_copy_key(c->img, k->chunk));
+	}
+}
+
+static void ptb_copy_unhash(struct ptb_copy *c)
+{
+	unsigned int i;
+
+	for (i = 0; i < c->nr; i++)
+		hash_del(&c->keys[i].hnode);
 }
 
 bool ptb_copy_in_flight(struct ptb_image *img, unsigned long chunk)
@@ -248,19 +278,22 @@ static void ptb_copy_io_done(unsigned long error, void *context)
 	rcu_read_unlock();
 }
 
+/* Read or write chunks [first, first + nr) of the copy. */
 static void ptb_copy_submit(struct ptb_copy *c, blk_opf_t opf,
-			    struct block_device *bdev)
+			    struct block_device *bdev, unsigned int first,
+			    unsigned int nr)
 {
 	struct ptb_image *img = c->img;
+	sector_t off = (sector_t)first << img->chunk_shift;
 	struct dm_io_region where = {
 		.bdev = bdev,
-		.sector = c->sector,
-		.count = c->len,
+		.sector = c->sector + off,
+		.count = min_t(sector_t, (sector_t)nr << img->chunk_shift, c->len - off),
 	};
 	struct dm_io_request req = {
 		.bi_opf = opf,
 		.mem.type = DM_IO_VMA,
-		.mem.ptr.vma = c->buf,
+		.mem.ptr.vma = c->buf + (off << SECTOR_SHIFT),
 		.notify.fn = ptb_copy_io_done,
 		.notify.context = c,
 		.client = img->cow->io_client,
@@ -272,47 +305,73 @@ static void ptb_copy_submit(struct ptb_copy *c, blk_opf_t opf,
 		ptb_copy_io_done(1, c);
 }
 
-static void ptb_copy_read(struct ptb_copy *c)
+/* The first of nr adjacent free slots, or nr_slots if there are none. */
+static unsigned int ptb_slots_find(struct ptb_image *img, unsigned int nr)
+{
+	if (nr > img->free_slots)
+		return img->nr_slots;
+	return bitmap_find_next_zero_area(img->slot_used, img->nr_slots, 0, nr, 0);
+}
+
+/* Start reading into nr adjacent free slots from slot on. */
+static void ptb_copy_read(struct ptb_copy *c, unsigned int slot)
 {
 	struct ptb_image *img = c->img;
 
-	c->buf = img->slot_buf[--img->free_slots];
+	c->slot = slot;
+	bitmap_set(img->slot_used, slot, c->nr);
+	img->free_slots -= c->nr;
+	c->buf = img->slot_area + ((size_t)slot << (img->chunk_shift + SECTOR_SHIFT));
 	c->stage = PTB_COPY_READING;
-	ptb_copy_submit(c, REQ_OP_READ, img->origin);
+	ptb_copy_submit(c, REQ_OP_READ, img->origin, 0, c->nr);
+}
+
+/* Is chunk i of the copy all zeroes?  (The last one may be short.) */
+static bool ptb_copy_chunk_zero(const struct ptb_copy *c, unsigned int i)
+{
+	unsigned int shift = c->img->chunk_shift;
+	sector_t off = (sector_t)i << shift;
+	sector_t len = min_t(sector_t, (sector_t)1 << shift, c->len - off);
+
+	return !memchr_inv(c->buf + (off << SECTOR_SHIFT), 0, len << SECTOR_SHIFT);
 }
 
 /*
- * All-zero chunks go out as write-zeroes where the target offers it; if
- * the target rejects one, the chunk is written as data and the image stops
- * using write-zeroes (ptb_copy_advance()).
+ * Write the copy's next piece, from chunk wpos on: the longest run of
+ * chunks that all hold zeroes, or that all hold data.  Zeroes go out as
+ * write-zeroes where the target offers it (a thin or sparse target stays
+ * unallocated there); if the target rejects one, the piece is written as
+ * data and the image stops using write-zeroes (ptb_copy_advance()).
  */
 static void ptb_copy_write(struct ptb_copy *c)
 {
 	struct ptb_image *img = c->img;
 	struct block_device *target = img->target;
+	bool zero = ptb_copy_chunk_zero(c, c->wpos);
+	unsigned int n = 1;
 
-	c->zero = !memchr_inv(c->buf, 0, c->len << SECTOR_SHIFT);
-	c->write_zeroes = c->zero && !img->no_write_zeroes &&
+	while (c->wpos + n < c->nr && ptb_copy_chunk_zero(c, c->wpos + n) == zero)
+		n++;
+	c->wlen = n;
+	c->zero = zero;
+	c->write_zeroes = zero && !img->no_write_zeroes &&
 			  bdev_write_zeroes_sectors(target);
 	c->stage = PTB_COPY_WRITING;
 	ptb_copy_submit(c, c->write_zeroes ? REQ_OP_WRITE_ZEROES : REQ_OP_WRITE,
-			target);
+			target, c->wpos, n);
 }
 
 /*
- * Find the copy of this chunk for this image, starting one if there is
- * none.  Returns NULL when no descriptor could be had without sleeping on
- * the pool (whose elements only the worker itself gives back).
+ * A new copy of chunks [chunk, chunk + nr), in the copy table.  NULL when
+ * no descriptor could be had without sleeping on the pool (whose elements
+ * only the worker itself gives back).
  */
-static struct ptb_copy *ptb_copy_get(struct ptb_image *img, unsigned long chunk)
+static struct ptb_copy *ptb_copy_new(struct ptb_image *img, unsigned long chunk,
+				     unsigned int nr)
 {
 	struct ptb_cow *cow = img->cow;
 	struct ptb_copy *c;
 	sector_t sector;
-
-	c = ptb_copy_find(img, chunk);
-	if (c)
-		return c;
 
 	c = mempool_alloc(&cow->copy_pool, GFP_NOWAIT | __GFP_NOWARN);
 	if (!c)
@@ -321,29 +380,73 @@ static struct ptb_copy *ptb_copy_get(struct ptb_image *img, unsigned long chunk)
 	sector = (sector_t)chunk << img->chunk_shift;
 	c->img = img;
 	c->chunk = chunk;
+	c->nr = nr;
 	c->sector = sector;
-	c->len = min_t(sector_t, (sector_t)1 << img->chunk_shift,
+	c->len = min_t(sector_t, (sector_t)nr << img->chunk_shift,
 		       img->dev_sectors - sector);
 	c->buf = NULL;
 	bio_list_init(&c->waiters);
 	c->error = 0;
+	c->wpos = 0;
+	c->wlen = 0;
+	c->zero_len = 0;
 	c->zero = false;
 	c->write_zeroes = false;
 	c->stage = PTB_COPY_QUEUED;
 	ptb_io_start(cow);
-	hash_add(cow->copies, &c->hnode, ptb_copy_key(img, chunk));
+	ptb_copy_hash(c);
 	img->copies_in_flight++;
+	return c;
+}
 
-	if (img->free_slots)
-		ptb_copy_read(c);
+/* The copy of this chunk for this image, started if there is none. */
+static struct ptb_copy *ptb_copy_get(struct ptb_image *img, unsigned long chunk)
+{
+	struct ptb_copy *c = ptb_copy_find(img, chunk);
+	unsigned int slot;
+
+	if (c)
+		return c;
+	c = ptb_copy_new(img, chunk, 1);
+	if (!c)
+		return NULL;
+	slot = ptb_slots_find(img, 1);
+	if (slot < img->nr_slots)
+		ptb_copy_read(c, slot);
 	else
 		list_add_tail(&c->list, &img->slot_waiters);
 	return c;
 }
 
-int ptb_copy_start(struct ptb_image *img, unsigned long chunk)
+/*
+ * Background copy of up to *nr adjacent chunks from chunk on, none of them
+ * done or in flight, into free slots (never waiting for one).  Sets *nr to
+ * the chunks the copy covers: 0 if no slot is free.  -ENOMEM: no
+ * descriptor now, try again later.
+ */
+int ptb_copy_start_run(struct ptb_image *img, unsigned long chunk,
+		       unsigned int *nr)
 {
-	return ptb_copy_get(img, chunk) ? 0 : -ENOMEM;
+	unsigned int want = min3(*nr, img->free_slots, (unsigned int)PTB_RUN_MAX_CHUNKS);
+	unsigned int slot = img->nr_slots;
+	struct ptb_copy *c;
+
+	/* The longest run that fits in adjacent free slots. */
+	for (; want; want--) {
+		slot = ptb_slots_find(img, want);
+		if (slot < img->nr_slots)
+			break;
+	}
+	*nr = want;
+	if (!want)
+		return 0;
+	c = ptb_copy_new(img, chunk, want);
+	if (!c) {
+		*nr = 0;
+		return -ENOMEM;
+	}
+	ptb_copy_read(c, slot);
+	return 0;
 }
 
 static void ptb_requeue_bios(struct ptb_cow *cow, struct bio_list *bios)
@@ -363,19 +466,27 @@ static void ptb_copy_finish(struct ptb_copy *c)
 	struct ptb_image *img = c->img;
 	struct ptb_cow *cow = img->cow;
 	struct ptb_copy *next;
+	unsigned int slot;
 
-	hash_del(&c->hnode);
+	ptb_copy_unhash(c);
 	ptb_requeue_bios(cow, &c->waiters);
 
-	img->slot_buf[img->free_slots++] = c->buf;
+	if (c->buf) {
+		bitmap_clear(img->slot_used, c->slot, c->nr);
+		img->free_slots += c->nr;
+	}
 	img->copies_in_flight--;
 	mempool_free(c, &cow->copy_pool);
 	ptb_io_end(cow);
 
-	next = list_first_entry_or_null(&img->slot_waiters, struct ptb_copy, list);
-	if (next) {
+	/* Waiters are single chunks: each takes one slot. */
+	while ((next = list_first_entry_or_null(&img->slot_waiters,
+						struct ptb_copy, list))) {
+		slot = ptb_slots_find(img, 1);
+		if (slot >= img->nr_slots)
+			break;
 		list_del(&next->list);
-		ptb_copy_read(next);
+		ptb_copy_read(next, slot);
 	}
 }
 
@@ -387,14 +498,42 @@ static void ptb_fail_bios(struct bio_list *bios)
 		bio_io_error(bio);
 }
 
-/* The owner decides whether writes waiting for the copy fail. */
+/*
+ * The owner decides whether writes waiting for a copy of their chunk fail.
+ * A background run failed as a whole: the writes waiting for it go back
+ * through the check and get copies of their own chunks.
+ */
 static void ptb_copy_failed(struct ptb_copy *c, enum ptb_error_site site)
 {
 	struct ptb_image *img = c->img;
-	bool waits = !bio_list_empty(&c->waiters);
+	bool waits = c->nr == 1 && !bio_list_empty(&c->waiters);
 
 	if (img->ops->failed(img, c->chunk, site, c->error, waits))
 		ptb_fail_bios(&c->waiters);
+	ptb_copy_finish(c);
+}
+
+/*
+ * A piece is on the target: write the next one, or, once every chunk is
+ * there, mark them done (from then on the map path lets their writes go).
+ */
+static void ptb_copy_written(struct ptb_copy *c)
+{
+	struct ptb_image *img = c->img;
+	sector_t off = (sector_t)c->wpos << img->chunk_shift;
+	unsigned int i;
+
+	if (c->zero)
+		c->zero_len += min_t(sector_t, (sector_t)c->wlen << img->chunk_shift,
+				     c->len - off);
+	c->wpos += c->wlen;
+	if (c->wpos < c->nr) {
+		ptb_copy_write(c);
+		return;
+	}
+	for (i = 0; i < c->nr; i++)
+		set_bit(c->chunk + i, img->done);
+	img->ops->copied(img, c->len, c->zero_len);
 	ptb_copy_finish(c);
 }
 
@@ -414,13 +553,11 @@ static void ptb_copy_advance(struct ptb_copy *c)
 			c->img->no_write_zeroes = true;
 			c->error = 0;
 			c->write_zeroes = false;
-			ptb_copy_submit(c, REQ_OP_WRITE, c->img->target);
+			ptb_copy_submit(c, REQ_OP_WRITE, c->img->target, c->wpos, c->wlen);
 		} else if (c->error) {
 			ptb_copy_failed(c, PTB_SITE_TARGET);
 		} else {
-			set_bit(c->chunk, c->img->done);
-			c->img->ops->copied(c->img, c->len, c->zero);
-			ptb_copy_finish(c);
+			ptb_copy_written(c);
 		}
 		break;
 	default:

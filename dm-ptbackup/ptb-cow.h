@@ -16,9 +16,15 @@
 #ifndef DM_PTBACKUP_COW_H
 #define DM_PTBACKUP_COW_H
 
+#include <linux/sizes.h>
+
 #include "ptb.h"
 
 struct ptb_image;
+
+/* The longest background copy, in chunks (and at most 1 MiB of them). */
+#define PTB_RUN_MAX_CHUNKS	32
+#define PTB_RUN_MAX_BYTES	SZ_1M
 
 /*
  * The engine of one device: its images, the writes deferred to the
@@ -49,8 +55,8 @@ struct ptb_cow {
 };
 
 struct ptb_image_ops {
-	/* A chunk of len sectors is on the target (zero: all zeroes). */
-	void (*copied)(struct ptb_image *img, sector_t len, bool zero);
+	/* A copy of len sectors is on the target, zero_len of them zeroes. */
+	void (*copied)(struct ptb_image *img, sector_t len, sector_t zero_len);
 	/*
 	 * The copy of chunk failed at site.  writes_wait: user writes wait
 	 * for it; return true to fail them, false to let them go on.
@@ -82,8 +88,9 @@ struct ptb_image {
 	/* Worker only. */
 	unsigned int nr_slots;
 	unsigned int free_slots;
-	void **slot_buf;		/* free_slots buffers at the front */
-	unsigned int copies_in_flight;	/* entries in the copy table */
+	void *slot_area;		/* nr_slots chunk buffers, adjacent */
+	unsigned long *slot_used;	/* the buffers in use */
+	unsigned int copies_in_flight;	/* copies in the copy table */
 	struct list_head slot_waiters;	/* copies waiting for a buffer */
 	bool no_write_zeroes;		/* the target rejected write-zeroes */
 };
@@ -109,7 +116,8 @@ void ptb_defer_bio(struct ptb_cow *cow, struct bio *bio);	/* any context */
 void ptb_wake_worker(struct ptb_cow *cow);			/* any context */
 void ptb_do_worker(struct work_struct *ws);
 void ptb_do_waker(struct work_struct *ws);
-int ptb_copy_start(struct ptb_image *img, unsigned long chunk);	/* worker */
+int ptb_copy_start_run(struct ptb_image *img, unsigned long chunk,
+		       unsigned int *nr);				/* worker */
 bool ptb_copy_in_flight(struct ptb_image *img, unsigned long chunk); /* worker */
 
 void ptb_io_start(struct ptb_cow *cow);			/* worker */

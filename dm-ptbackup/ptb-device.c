@@ -96,8 +96,9 @@ static struct ptb_device *ptb_device_create(struct mapped_device *md,
 	pd->notify = ptb_device_event;
 	mutex_init(&pd->lock);
 	mutex_init(&pd->event_lock);
-	ptb_gate_init(&pd->gate, ptb_gate_released, ptb_gate_hold_released);
 	INIT_LIST_HEAD(&pd->jobs);
+	if (ptb_gate_init(&pd->gate, ptb_gate_released, ptb_gate_hold_released))
+		goto bad_gate;
 	if (ptb_bitmaps_init(&pd->trk, &ptb_device_tracking_ops,
 			     dm_disk(md)->disk_name, &pd->lock, &pd->gate))
 		goto bad_bitmaps;
@@ -108,6 +109,8 @@ static struct ptb_device *ptb_device_create(struct mapped_device *md,
 
 bad_bitmaps:
 	ptb_bitmaps_exit(&pd->trk);
+	ptb_gate_exit(&pd->gate);
+bad_gate:
 	kfree(pd);
 	return NULL;
 }
@@ -123,7 +126,7 @@ static void ptb_device_destroy(struct ptb_device *pd)
 	ptb_cow_exit(&pd->cow);
 	mutex_destroy(&pd->lock);
 	mutex_destroy(&pd->event_lock);
-	mutex_destroy(&pd->gate.hold_lock);
+	ptb_gate_exit(&pd->gate);
 	kfree(pd);
 }
 

@@ -8,14 +8,24 @@
  * (the gate's released callback) when the hold is lifted.
  */
 
+#include <linux/percpu-refcount.h>
 #include <linux/sched/mm.h>
 
 #include "ptb-gate.h"
 
+/* The last counted write of a hold's drain has completed. */
+static void ptb_gate_drained(struct percpu_ref *ref)
+{
+	struct ptb_gate *g = container_of(ref, struct ptb_gate, writes);
+
+	complete(&g->drained);
+}
+
 /*
- * Count a write as in flight.  Returns false if writes are being held for a
- * new job: the bio then sits on the held list until ptb_release_writes().
- * Pairs with the barrier in ptb_hold_writes().
+ * Count a write as in flight: a per-CPU reference, so the write path
+ * touches no cache line that other CPUs write.  Returns false if writes
+ * are being held: the bio then sits on the held list until
+ * ptb_release_writes().
  */
 bool ptb_account_write(struct ptb_gate *g, struct ptb_bio *pb,
 		       struct bio *bio)
@@ -24,15 +34,15 @@ bool ptb_account_write(struct ptb_gate *g, struct ptb_bio *pb,
 	bool held;
 
 	for (;;) {
-		atomic_inc(&g->writes_in_flight);
-		pb->counted = true;
-		/* Count before looking at the hold: pairs with smp_mb() in hold. */
-		smp_mb__after_atomic();
-		/* Acquire: a lifted hold means the new image is published. */
-		if (likely(!smp_load_acquire(&g->hold_writes)))
-			return true;
-
-		ptb_write_done(g, pb);
+		if (likely(percpu_ref_tryget_live(&g->writes))) {
+			/* Acquire: a lifted hold means the new image is published. */
+			if (likely(!smp_load_acquire(&g->hold_writes))) {
+				pb->counted = true;
+				return true;
+			}
+			/* A hold is starting: this write belongs after it. */
+			percpu_ref_put(&g->writes);
+		}
 		spin_lock_irqsave(&g->lock, flags);
 		/* Re-check under the lock: the hold may have just been lifted. */
 		held = g->hold_writes;
@@ -49,15 +59,14 @@ void ptb_write_done(struct ptb_gate *g, struct ptb_bio *pb)
 	if (!pb->counted)
 		return;
 	pb->counted = false;
-	/* Full barrier in atomic_dec_and_test() pairs with ptb_hold_writes(). */
-	if (atomic_dec_and_test(&g->writes_in_flight) &&
-	    READ_ONCE(g->hold_writes))
-		wake_up(&g->writes_drained);
+	percpu_ref_put(&g->writes);
 }
 
 /*
- * Hold back new writes and wait until every write already mapped has
- * completed.  Writes waiting for a copy or a bitmap commit count as in
+ * Hold back new writes and wait until every write already counted has
+ * completed: raise the hold flag, then kill the reference, whose release
+ * runs when the last counted write completes (after an RCU grace period
+ * at the least).  Writes waiting for a copy or a bitmap commit count as in
  * flight; copies and commits make progress without the hold being lifted,
  * so this cannot deadlock.  Holds g->hold_lock until ptb_release_writes().
  */
@@ -73,9 +82,9 @@ static void ptb_hold_writes_locked(struct ptb_gate *g)
 	spin_lock_irq(&g->lock);
 	WRITE_ONCE(g->hold_writes, 1);
 	spin_unlock_irq(&g->lock);
-	/* Hold before reading the count: pairs with ptb_account_write(). */
-	smp_mb();
-	wait_event(g->writes_drained, !atomic_read(&g->writes_in_flight));
+	reinit_completion(&g->drained);
+	percpu_ref_kill(&g->writes);
+	wait_for_completion(&g->drained);
 }
 
 void ptb_hold_writes(struct ptb_gate *g)
@@ -106,6 +115,11 @@ void ptb_release_writes(struct ptb_gate *g)
 	if (--g->hold_depth)
 		return;
 	g->hold_owner = NULL;
+	/*
+	 * Live again before the flag drops: a write that finds the
+	 * reference dead always finds the flag raised and parks.
+	 */
+	percpu_ref_reinit(&g->writes);
 	spin_lock_irq(&g->lock);
 	/* Release: the new image is published before writes see no hold. */
 	smp_store_release(&g->hold_writes, 0);
@@ -121,15 +135,23 @@ void ptb_release_writes(struct ptb_gate *g)
 	g->hold_released(g);
 }
 
-void ptb_gate_init(struct ptb_gate *g,
-		   void (*released)(struct ptb_gate *g, struct bio_list *bios),
-		   void (*hold_released)(struct ptb_gate *g))
+int ptb_gate_init(struct ptb_gate *g,
+		  void (*released)(struct ptb_gate *g, struct bio_list *bios),
+		  void (*hold_released)(struct ptb_gate *g))
 {
 	g->released = released;
 	g->hold_released = hold_released;
 	mutex_init(&g->hold_lock);
 	spin_lock_init(&g->lock);
 	bio_list_init(&g->held_bios);
-	atomic_set(&g->writes_in_flight, 0);
-	init_waitqueue_head(&g->writes_drained);
+	init_completion(&g->drained);
+	return percpu_ref_init(&g->writes, ptb_gate_drained,
+			       PERCPU_REF_ALLOW_REINIT, GFP_KERNEL);
+}
+
+/* No write in flight, no hold. */
+void ptb_gate_exit(struct ptb_gate *g)
+{
+	percpu_ref_exit(&g->writes);
+	mutex_destroy(&g->hold_lock);
 }

@@ -12,6 +12,9 @@
 #ifndef DM_PTBACKUP_GATE_H
 #define DM_PTBACKUP_GATE_H
 
+#include <linux/completion.h>
+#include <linux/percpu-refcount.h>
+
 #include "ptb.h"
 
 struct ptb_gate {
@@ -24,17 +27,19 @@ struct ptb_gate {
 	struct task_struct *hold_owner;	/* under hold_lock */
 	unsigned int hold_depth;
 	unsigned int hold_noio;		/* memalloc_noio_save() of the holder */
-	atomic_t writes_in_flight;
+	/* Writes in flight, per CPU; killed while a hold drains them. */
+	struct percpu_ref writes;
+	struct completion drained;	/* the drain's last write is done */
 	int hold_writes;		/* smp_load_acquire/smp_store_release */
-	wait_queue_head_t writes_drained;
 	/* Guards held_bios and the raising and lifting of hold_writes. */
 	spinlock_t lock;
 	struct bio_list held_bios;	/* arrived while hold_writes was set */
 };
 
-void ptb_gate_init(struct ptb_gate *g,
-		   void (*released)(struct ptb_gate *g, struct bio_list *bios),
-		   void (*hold_released)(struct ptb_gate *g));
+int ptb_gate_init(struct ptb_gate *g,
+		  void (*released)(struct ptb_gate *g, struct bio_list *bios),
+		  void (*hold_released)(struct ptb_gate *g));
+void ptb_gate_exit(struct ptb_gate *g);
 /* Count a write; false: parked until the hold is lifted. */
 bool ptb_account_write(struct ptb_gate *g, struct ptb_bio *pb,
 		       struct bio *bio);

@@ -468,13 +468,13 @@ int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p)
 /* Progress and errors.  Worker only. */
 
 /* The image's ops: what the copy engine reports.  Worker only. */
-static void ptb_job_copied(struct ptb_image *img, sector_t len, bool zero)
+static void ptb_job_copied(struct ptb_image *img, sector_t len, sector_t zero_len)
 {
 	struct ptb_job *job = container_of(img, struct ptb_job, img);
 
 	atomic64_add((u64)len << SECTOR_SHIFT, &job->bytes_done);
-	if (zero)
-		atomic64_add((u64)len << SECTOR_SHIFT, &job->zero_bytes);
+	if (zero_len)
+		atomic64_add((u64)zero_len << SECTOR_SHIFT, &job->zero_bytes);
 }
 
 static void ptb_job_record_error(struct ptb_job *job, enum ptb_error_site site,
@@ -582,31 +582,59 @@ static void ptb_job_rate_charge(struct ptb_job *job, ktime_t now, u64 bytes)
 				      div64_u64(bytes * NSEC_PER_SEC, speed));
 }
 
+/*
+ * The longest run of chunks from chunk on that the sweep may copy at
+ * once: not done, not in flight, at most max of them and 1 MiB.
+ */
+static unsigned int ptb_job_run_length(struct ptb_job *job, unsigned long chunk,
+				       unsigned int max)
+{
+	struct ptb_image *img = &job->img;
+	unsigned int n = 1;
+
+	max = min(max, max(1U, PTB_RUN_MAX_BYTES >> (img->chunk_shift + SECTOR_SHIFT)));
+	while (n < max && chunk + n < img->nr_chunks &&
+	       !test_bit(chunk + n, img->done) && !ptb_copy_in_flight(img, chunk + n))
+		n++;
+	return n;
+}
+
+/*
+ * Copy what is left in runs of adjacent chunks, keeping a quarter of the
+ * slots for copy-before-write.
+ */
 static unsigned long ptb_job_sweep(struct ptb_job *job)
 {
-	unsigned int max_copies = max(1U, job->img.nr_slots - job->img.nr_slots / 4);
+	struct ptb_image *img = &job->img;
+	unsigned int reserve = img->nr_slots / 4, nr;
 	unsigned long chunk, delay;
 	ktime_t now;
 
-	while (job->img.copies_in_flight < max_copies) {
+	while (img->free_slots > reserve) {
 		now = ktime_get();
 		delay = ptb_job_rate_delay(job, now);
 		if (delay)
 			return delay;
 
-		chunk = find_next_zero_bit(job->img.done, job->img.nr_chunks, job->cursor);
-		if (chunk >= job->img.nr_chunks) {
-			job->cursor = job->img.nr_chunks;
+		chunk = find_next_zero_bit(img->done, img->nr_chunks, job->cursor);
+		if (chunk >= img->nr_chunks) {
+			job->cursor = img->nr_chunks;
 			break;
 		}
 		job->cursor = chunk + 1;
-		if (ptb_copy_in_flight(&job->img, chunk))
+		if (ptb_copy_in_flight(img, chunk))
 			continue;
-		if (ptb_copy_start(&job->img, chunk)) {
+		nr = ptb_job_run_length(job, chunk, img->free_slots - reserve);
+		if (ptb_copy_start_run(img, chunk, &nr)) {
 			job->cursor = chunk;
 			return 1;
 		}
-		ptb_job_rate_charge(job, now, (u64)1 << (job->img.chunk_shift + SECTOR_SHIFT));
+		if (!nr) {
+			job->cursor = chunk;
+			break;
+		}
+		job->cursor = chunk + nr;
+		ptb_job_rate_charge(job, now, (u64)nr << (img->chunk_shift + SECTOR_SHIFT));
 	}
 	return 0;
 }

@@ -89,6 +89,10 @@ static int parse_chunk_sectors(struct ptb_target *pt, const char *arg,
 	pt->chunk_sectors = chunk;
 	pt->chunk_shift = __ffs(chunk);
 	pt->nr_chunks = DIV_ROUND_UP_SECTOR_T(pt->ti->len, chunk);
+	if (pt->nr_chunks > PTB_MAX_BITS) {
+		*error = "Too many chunks for a device this large: use a larger chunk size";
+		return -EINVAL;
+	}
 	return 0;
 }
 

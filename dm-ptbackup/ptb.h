@@ -60,6 +60,11 @@
 #define PTB_DEFAULT_COPY_SLOTS	16
 #define PTB_MAX_COPY_SLOTS	256
 #define PTB_COPY_HASH_BITS	10
+/*
+ * The most chunks a device and granules a bitmap may have: the kernel's
+ * bitmap helpers (bitmap_fill(), bitmap_weight(), ...) take int sizes.
+ */
+#define PTB_MAX_BITS		INT_MAX
 
 enum ptb_sync_mode {
 	PTB_SYNC_FULL,

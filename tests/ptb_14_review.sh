@@ -128,7 +128,9 @@ dm_rm ptb_d
 o5=$(make_loop 4) t5=$(make_loop 4)
 fill_random "$o5"
 s5=$(dev_sectors "$o5")
-dm_create ptb_t5 "0 $s5 delay $t5 0 0 $t5 0 0 $t5 0 3000"
+# Flushes of the target take 6 s: wide windows for the cases below, even
+# on a loaded machine.
+dm_create ptb_t5 "0 $s5 delay $t5 0 0 $t5 0 0 $t5 0 6000"
 dm_create ptb_e "0 $s5 ptbackup $o5 - 2048 2 copy_slots 8"
 dm_msg ptb_e bitmap add b5
 dd if=/dev/urandom of=/dev/mapper/ptb_e bs=64k count=1 seek=16 oflag=direct status=none
