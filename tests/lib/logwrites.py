@@ -2,9 +2,10 @@
 """Read a dm-log-writes log device (tests only).
 
   logwrites.py order LOGDEV
-      Print "<entries> <last data write index> <last flush index>": the
-      index (from 0) of the last entry that writes data and of the last
-      entry that carries a flush (REQ_PREFLUSH), -1 if none.
+      Print "<entries> <last data write index> <last flush index>
+      <data sectors>": the index (from 0) of the last entry that writes
+      data and of the last entry that carries a flush (REQ_PREFLUSH), -1 if
+      none, and the sectors all data writes cover together.
 
 Log layout (the kernel's dm-log-writes): block 0 holds the super (magic
 u64, version u64, nr_entries u64, sectorsize u32); entries follow from
@@ -30,7 +31,7 @@ def order(path):
     magic, _version, nr, bs = struct.unpack_from("<QQQI", os.pread(fd, 28, 0))
     if magic != MAGIC:
         sys.exit("logwrites: %s: bad magic %#x" % (path, magic))
-    pos, last_write, last_flush = bs, -1, -1
+    pos, last_write, last_flush, sectors = bs, -1, -1, 0
     for i in range(nr):
         sector, nr_sectors, flags, data_len = struct.unpack_from(
             "<QQQQ", os.pread(fd, 32, pos))
@@ -41,9 +42,10 @@ def order(path):
             pos += blocks(data_len, bs) * bs
         elif nr_sectors and not flags & DISCARD:
             last_write = i
+            sectors += nr_sectors
             pos += blocks(nr_sectors * 512, bs) * bs
     os.close(fd)
-    print(nr, last_write, last_flush)
+    print(nr, last_write, last_flush, sectors)
 
 
 if __name__ == "__main__":
