@@ -74,7 +74,7 @@ bench-vm: install-module
 	rm -rf bench/out && mkdir -p bench/out
 	bash tests/vm/run-vm.sh --kver $(KVER) --timeout 5400 --mem 3584 --outdir bench/out \
 		$(if $(filter 0,$(BENCH_ICOUNT)),--env BENCH_ICOUNT=0 --env BENCH_JOBS=2 --env BENCH_ROUNDS=$(or $(BENCH_ROUNDS),5),--smp 1 --icount 1 --env BENCH_ROUNDS=$(or $(BENCH_ROUNDS),1)) \
-		$(foreach v,BENCH_SECS BENCH_MB,$(if $($(v)),--env $(v)=$($(v)))) \
+		$(foreach v,BENCH_SECS BENCH_MB BENCH_PARTS BENCH_CONFIGS,$(if $($(v)),--env "$(v)=$($(v))")) \
 		-- tests/bench/bench.sh
 	cp bench/out/results.json bench/results$(if $(filter 0,$(BENCH_ICOUNT)),-wallclock).json
 	bash scripts/bench-chart.sh bench/results$(if $(filter 0,$(BENCH_ICOUNT)),-wallclock).json \

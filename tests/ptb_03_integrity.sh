@@ -18,6 +18,17 @@ start_fio() {	# start_fio DEV: random writes of mixed sizes plus random trims
 	sleep 1
 }
 
+# wait_for_writes DEV: poll (60 s) until the device has completed writes.
+wait_for_writes() {
+	local stat i
+	stat=/sys/block/$(basename "$(readlink -f /dev/mapper/$1)")/stat
+	for ((i = 0; i < 600; i++)); do
+		[ "$(awk '{ print $5 }' "$stat")" -gt 0 ] 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
 stop_fio() {
 	kill $FIO_PID 2>/dev/null
 	wait $FIO_PID 2>/dev/null
@@ -42,8 +53,12 @@ one_run() {
 		dmsetup resume $dev
 	else
 		want=$(sha_sectors "$origin" "$len")
-		dm_msg $dev backup start full "$target" sync=full speed=6M
+		# Slowly until fio's first writes are done: on a loaded machine
+		# fio may start after a 6M/s job has already ended.
+		dm_msg $dev backup start full "$target" sync=full speed=64K
 		start_fio /dev/mapper/$dev
+		wait_for_writes $dev || tap_diag "fio wrote nothing in 60 s"
+		dm_msg $dev job set_speed full 6M
 	fi
 	if ! kill -0 $FIO_PID 2>/dev/null; then
 		tap_diag "fio died early"

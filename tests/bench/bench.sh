@@ -18,6 +18,8 @@
 # BENCH_ICOUNT=0 the guest runs on two CPUs in wall-clock time: each figure
 # is the median of BENCH_ROUNDS interleaved rounds, with its spread.
 #   BENCH_SECS=8  BENCH_MB=512  BENCH_ROUNDS=1  BENCH_JOBS=1  BENCH_OUT=/out
+#   BENCH_PARTS="write cbw backup memory"  BENCH_CONFIGS="linear ... sync-full"
+#   (a subset, to compare two builds quickly)
 set -u
 export DM_DISABLE_UDEV=1
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -113,7 +115,9 @@ measure() {
 	record write "$config" "${name}_kib_s" "${kib:-0}"
 }
 
-write_configs=(linear era snapshot-4k snapshot-64k ptbackup bitmap sync-none sync-full)
+read -ra write_configs <<< "${BENCH_CONFIGS:-linear era snapshot-4k snapshot-64k ptbackup bitmap sync-none sync-full}"
+parts=" ${BENCH_PARTS:-write cbw backup memory} "
+part() { [[ $parts == *" $1 "* ]]; }
 
 #----------------------------------------------------------------------
 # Copy-before-write right after the point in time: 4 KiB writes aligned to
@@ -220,16 +224,18 @@ measure_memory() {
 head -c "$((mb * 1024 * 1024))" /dev/urandom |
 	dd of=$O bs=1M iflag=fullblock oflag=direct status=none
 for ((round = 0; round < rounds; round++)); do
-	for c in "${write_configs[@]}"; do
+	part write && for c in "${write_configs[@]}"; do
 		measure "$c" rand4k_qd16 randwrite 4k 16
 		measure "$c" rand4k_qd1 randwrite 4k 1
 		measure "$c" seq1m write 1M 16
 	done
-	measure_cbw snapshot-64k
-	measure_cbw sync-none
-	measure_backups
+	if part cbw; then
+		measure_cbw snapshot-64k
+		measure_cbw sync-none
+	fi
+	part backup && measure_backups
 done
-measure_memory
+part memory && measure_memory
 dm_rm bench-store
 
 mkdir -p "$out" 2>/dev/null
