@@ -584,15 +584,24 @@ static void ptb_job_rate_charge(struct ptb_job *job, ktime_t now, u64 bytes)
 
 /*
  * The longest run of chunks from chunk on that the sweep may copy at
- * once: not done, not in flight, at most max of them and 1 MiB.
+ * once: not done, not in flight, at most max of them and 1 MiB, and under
+ * a speed limit no more than the limit's burst (so that the rate stays
+ * smooth), but always one.
  */
 static unsigned int ptb_job_run_length(struct ptb_job *job, unsigned long chunk,
 				       unsigned int max)
 {
 	struct ptb_image *img = &job->img;
+	unsigned int cshift = img->chunk_shift + SECTOR_SHIFT;
+	u64 speed = READ_ONCE(job->speed), burst;
 	unsigned int n = 1;
 
-	max = min(max, max(1U, PTB_RUN_MAX_BYTES >> (img->chunk_shift + SECTOR_SHIFT)));
+	max = min(max, max(1U, PTB_RUN_MAX_BYTES >> cshift));
+	if (speed) {
+		/* The bytes the limit allows in one burst. */
+		burst = div64_u64(speed, NSEC_PER_SEC / PTB_RATE_BURST_NS);
+		max = min_t(u64, max, max_t(u64, 1, burst >> cshift));
+	}
 	while (n < max && chunk + n < img->nr_chunks &&
 	       !test_bit(chunk + n, img->done) && !ptb_copy_in_flight(img, chunk + n))
 		n++;

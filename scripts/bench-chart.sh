@@ -49,7 +49,7 @@ set multiplot layout 2,1 title "dm-ptbackup make bench: $(cat "$tmp/mode.txt")"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
-set key top right
+set key below
 set grid ytics
 set yrange [0:*]
 set ylabel "ratio to dm-linear (same run)"
