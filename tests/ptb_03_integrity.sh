@@ -21,7 +21,7 @@ start_fio() {	# start_fio DEV: random writes of mixed sizes plus random trims
 # wait_for_writes DEV: poll (60 s) until the device has completed writes.
 wait_for_writes() {
 	local stat i
-	stat=/sys/block/$(basename "$(readlink -f /dev/mapper/$1)")/stat
+	stat=/sys/block/dm-$(dmsetup info -c --noheadings -o minor "$1" | tr -d ' ')/stat
 	for ((i = 0; i < 600; i++)); do
 		[ "$(awk '{ print $5 }' "$stat")" -gt 0 ] 2>/dev/null && return 0
 		sleep 0.1
