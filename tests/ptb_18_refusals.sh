@@ -10,7 +10,7 @@ need_root
 need_cmd dmsetup timeout
 need_module dm-delay
 
-tap_plan 10
+tap_plan 13
 
 # 1. A grown table loaded while no persistent bitmap existed (so its
 # constructor accepted it), then a persistent bitmap added: the resume is
@@ -66,4 +66,16 @@ dmsetup resume ptb_c
 tap_eq "the slowly loaded metadata is attached with its bitmap" "rw 1" \
 	"$(dm_status_field ptb_c 3) $(dm_status_field ptb_c 4)"
 dm_rm ptb_o ptb_c ptb_m4
+
+# 3. A device with more chunks than the kernel's bitmap helpers can count
+# (2^32 chunks of 4 KiB over a 16 TiB dm-zero origin) is refused, and
+# nothing is created; with 64 KiB chunks the same origin is accepted.
+dm_create ptb_z "0 $((1 << 35)) zero"
+expect_refused "a table with more than 2^31 - 1 chunks is refused" \
+	"Too many chunks for a device this large: use a larger chunk size" \
+	dmsetup create ptb_zc --table "0 $((1 << 35)) ptbackup /dev/mapper/ptb_z - 8"
+tap_eq "and no device is left" "" "$(dmsetup ls | awk '$1 == "ptb_zc"')"
+tap_check "with 64 KiB chunks it is accepted" \
+	dmsetup create ptb_zc --table "0 $((1 << 35)) ptbackup /dev/mapper/ptb_z - 128"
+dm_rm ptb_zc ptb_z
 tap_done
