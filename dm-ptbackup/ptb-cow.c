@@ -5,12 +5,16 @@
  * A write to a chunk that a protected image has not saved yet is deferred
  * to the worker.  The worker looks the (image, chunk) pair up in the copy
  * table, starts a copy if there is none, and parks the bio on the copy.  A
- * copy reads the chunk's old data from the origin into one of the image's
- * slot buffers, writes it to the image's target (as write-zeroes when the
- * chunk is all zeroes and the target supports it), marks the chunk done,
- * and sends the parked bios back through the check: another image may
- * still need the same chunk.  An owner's background copies (the sweep of
- * a sync=full backup) use the same copies, through ptb_copy_start().
+ * write's copy covers only the blocks of the chunk that the write covers
+ * and that are not saved yet; the image keeps a table of the chunks it has
+ * saved in part.  A copy reads the old data from the origin into one of
+ * the image's slot buffers, writes it to the image's target (as
+ * write-zeroes when a chunk's data is all zeroes and the target supports
+ * it), skipping blocks saved before, marks what it saved, and sends the
+ * parked bios back through the check: another image, or another block of
+ * the chunk, may still need a copy.  A chunk is done once all its blocks
+ * are saved.  An owner's background copies (the sweep of a sync=full
+ * backup) use the same copies, through ptb_copy_start_run().
  *
  * The point in time of an image comes from the write gate (ptb-gate.c).
  */
@@ -40,10 +44,20 @@ struct ptb_copy_key {
 	unsigned long chunk;
 };
 
+/* A chunk saved in part: which of its blocks are on the target. */
+struct ptb_partial {
+	struct hlist_node hnode;	/* img->partial_table (RCU) */
+	unsigned long chunk;
+	unsigned long saved;		/* bit b: block b of the chunk */
+	struct ptb_partial *next_free;	/* img's free entries, oldest first */
+	unsigned long gp_cookie;	/* when it was freed (RCU state) */
+};
+
 /*
- * One copy: nr adjacent chunks (one for a write's copy-before-write, up to
- * PTB_RUN_MAX_CHUNKS for the background sweep), read with one I/O into nr
- * adjacent slot buffers and written with one I/O.
+ * One copy: some blocks of one chunk (a write's copy-before-write), or nr
+ * adjacent chunks (up to PTB_RUN_MAX_CHUNKS, the background sweep), read
+ * with one I/O into adjacent slot buffers and written in pieces, leaving
+ * out the blocks saved before.
  */
 struct ptb_copy {
 	struct ptb_copy_key keys[PTB_RUN_MAX_CHUNKS];
@@ -58,9 +72,16 @@ struct ptb_copy {
 	struct bio_list waiters;	/* writes waiting for this copy */
 	enum ptb_copy_stage stage;
 	int error;
-	unsigned int wpos;	/* the piece being written: chunks wpos.. */
+	/* Blocks, from the copy's first one: block0 of its first chunk. */
+	unsigned int block0;
+	unsigned int nr_blocks;
+	DECLARE_BITMAP(todo, PTB_COPY_MAX_BLOCKS);	/* not saved before */
+	DECLARE_BITMAP(zero_blocks, PTB_COPY_MAX_BLOCKS); /* in all-zero chunks */
+	struct ptb_partial *partial;	/* the chunk's entry: a write's copy */
+	unsigned int wpos;	/* the piece being written: blocks wpos.. */
 	unsigned int wlen;	/* ..wpos + wlen */
-	sector_t zero_len;	/* sectors written as zeroes so far */
+	sector_t written;	/* sectors written so far */
+	sector_t zero_len;	/* of them, zeroes */
 	bool zero;		/* the piece is all zeroes */
 	bool write_zeroes;	/* the piece's write is a write-zeroes */
 };
@@ -80,20 +101,158 @@ static inline bool __maybe_unused ptb_in_worker(struct ptb_cow *cow)
 
 /*----------------------------------------------------------------*/
 
+/*
+ * Blocks and the partly saved chunks.  The worker alone changes the table;
+ * the map path reads it under RCU.  An entry taken out of the table is
+ * reused only after an RCU grace period, so a reader that finds an entry
+ * reads the saved blocks of that chunk; saved bits are set only once the
+ * blocks' old data is on the target, and never cleared while the entry
+ * is in the table.
+ */
+
+/* The blocks of chunk inside the device at the point in time. */
+static unsigned int ptb_chunk_blocks(const struct ptb_image *img, unsigned long chunk)
+{
+	sector_t start = (sector_t)chunk << img->chunk_shift;
+	sector_t len = min_t(sector_t, (sector_t)1 << img->chunk_shift,
+			     img->dev_sectors - start);
+
+	return DIV_ROUND_UP_SECTOR_T(len, (sector_t)1 << img->block_shift);
+}
+
+static struct hlist_head *ptb_partial_head(const struct ptb_image *img,
+					   unsigned long chunk)
+{
+	return &img->partial_table[hash_long(chunk, PTB_PARTIAL_HASH_BITS)];
+}
+
+/* Worker, or any context under rcu_read_lock(). */
+static struct ptb_partial *ptb_partial_find(const struct ptb_image *img,
+					    unsigned long chunk)
+{
+	struct ptb_partial *p;
+
+	if (!READ_ONCE(img->nr_partials))
+		return NULL;
+	hlist_for_each_entry_rcu(p, ptb_partial_head(img, chunk), hnode,
+				 ptb_in_worker(img->cow))
+		if (p->chunk == chunk)
+			return p;
+	return NULL;
+}
+
+/* The entries follow the table's heads in one area. */
+static struct ptb_partial *ptb_partial_entries(const struct ptb_image *img)
+{
+	return img->partial_area + (sizeof(struct hlist_head) << PTB_PARTIAL_HASH_BITS);
+}
+
+/*
+ * A new entry with no block saved: one never used, or else the oldest
+ * free one once a grace period has passed since it left the table.  NULL
+ * if there is none.
+ */
+static struct ptb_partial *ptb_partial_new(struct ptb_image *img, unsigned long chunk)
+{
+	struct ptb_partial *p = img->free_head;
+
+	if (img->partials_used < img->max_partials) {
+		p = &ptb_partial_entries(img)[img->partials_used++];
+	} else {
+		if (!p || !poll_state_synchronize_rcu(p->gp_cookie))
+			return NULL;
+		img->free_head = p->next_free;
+		if (!img->free_head)
+			img->free_tail = NULL;
+	}
+	p->chunk = chunk;
+	p->saved = 0;
+	hlist_add_head_rcu(&p->hnode, ptb_partial_head(img, chunk));
+	WRITE_ONCE(img->nr_partials, img->nr_partials + 1);
+	return p;
+}
+
+static void ptb_partial_add_free(struct ptb_image *img, struct ptb_partial *p)
+{
+	p->gp_cookie = get_state_synchronize_rcu();
+	p->next_free = NULL;
+	if (img->free_tail)
+		img->free_tail->next_free = p;
+	else
+		img->free_head = p;
+	img->free_tail = p;
+}
+
+static void ptb_partial_free(struct ptb_image *img, struct ptb_partial *p)
+{
+	hlist_del_rcu(&p->hnode);
+	WRITE_ONCE(img->nr_partials, img->nr_partials - 1);
+	ptb_partial_add_free(img, p);
+}
+
+/*
+ * The blocks of chunk that [sector, end) covers and that img has not
+ * saved yet, as a mask (bit 0: the chunk's first block).
+ */
+static unsigned long ptb_blocks_needed(const struct ptb_image *img,
+				       unsigned long chunk, sector_t sector, sector_t end)
+{
+	sector_t start = (sector_t)chunk << img->chunk_shift;
+	struct ptb_partial *p = ptb_partial_find(img, chunk);
+	unsigned int first, last;
+
+	sector = max(sector, start);
+	end = min3(end, start + ((sector_t)1 << img->chunk_shift), img->dev_sectors);
+	if (sector >= end)
+		return 0;
+	first = (sector - start) >> img->block_shift;
+	last = (end - 1 - start) >> img->block_shift;
+	return GENMASK(last, first) & ~(p ? READ_ONCE(p->saved) : 0);
+}
+
+/*----------------------------------------------------------------*/
+
 /* Images. */
 
+/*
+ * The table of partly saved chunks: heads and entries in one area, no
+ * entry used yet.  None when a chunk is one block.
+ */
+static int ptb_partials_init(struct ptb_image *img)
+{
+	size_t heads = sizeof(struct hlist_head) << PTB_PARTIAL_HASH_BITS;
+
+	if (img->block_shift == img->chunk_shift)
+		return 0;
+	img->max_partials = min_t(unsigned long, img->nr_chunks, PTB_PARTIAL_MAX);
+	img->partial_area = vzalloc(heads + img->max_partials * sizeof(struct ptb_partial));
+	if (!img->partial_area)
+		return -ENOMEM;
+	img->partial_table = img->partial_area;
+	return 0;
+}
+
+/*
+ * min_block_shift: the origin's logical block size in sectors, log2; a
+ * block is at least that, at least 4 KiB and at least a 32nd of a chunk.
+ */
 int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,
 		   const struct ptb_image_ops *ops, const char *name,
 		   unsigned int chunk_shift, sector_t dev_sectors,
-		   unsigned int nr_slots)
+		   unsigned int nr_slots, unsigned int min_block_shift)
 {
 	size_t size = (size_t)1 << (chunk_shift + SECTOR_SHIFT);
+	unsigned int per_chunk = min_t(unsigned int, chunk_shift, ilog2(PTB_CHUNK_MAX_BLOCKS));
+	unsigned int block_shift;
 
+	block_shift = max3(min_block_shift, (unsigned int)PTB_BLOCK_MIN_SHIFT,
+			   chunk_shift - per_chunk);
 	img->cow = cow;
 	img->ops = ops;
 	img->name = name;
 	img->protected = true;
 	img->chunk_shift = chunk_shift;
+	img->block_shift = min(block_shift, chunk_shift);
 	img->dev_sectors = dev_sectors;
 	img->nr_chunks = DIV_ROUND_UP_SECTOR_T(dev_sectors, (sector_t)1 << chunk_shift);
 	INIT_LIST_HEAD(&img->slot_waiters);
@@ -105,7 +264,7 @@ int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,
 		return -ENOMEM;
 	img->nr_slots = nr_slots;
 	img->free_slots = nr_slots;
-	return 0;
+	return ptb_partials_init(img);
 }
 
 /* The chunk buffers; no copy may be in flight. */
@@ -117,10 +276,16 @@ void ptb_image_free_buffers(struct ptb_image *img)
 	img->slot_used = NULL;
 }
 
-/* Everything ptb_image_init() allocated, even after it failed. */
+/*
+ * Everything ptb_image_init() allocated, even after it failed.  The map
+ * path reads the table of partly saved chunks until the image is
+ * unpublished, so it goes only now.
+ */
 void ptb_image_exit(struct ptb_image *img)
 {
 	ptb_image_free_buffers(img);
+	vfree(img->partial_area);
+	img->partial_area = NULL;
 	kvfree(img->done);
 	img->done = NULL;
 }
@@ -167,17 +332,29 @@ static bool ptb_image_first_pending(const struct ptb_image *img, sector_t sector
 	return true;
 }
 
-/* Does this write touch a chunk that a protected image still needs? */
+/* Does img need old data of [sector, end) saved?  Worker, or under RCU. */
+static bool ptb_image_needs(const struct ptb_image *img, sector_t sector, sector_t end)
+{
+	unsigned long chunk;
+
+	while (sector < end &&
+	       ptb_image_first_pending(img, sector, end - sector, &chunk)) {
+		if (ptb_blocks_needed(img, chunk, sector, end))
+			return true;
+		sector = (sector_t)(chunk + 1) << img->chunk_shift;
+	}
+	return false;
+}
+
+/* Does this write touch blocks that a protected image still needs? */
 bool ptb_write_needs_cow(struct ptb_cow *cow, struct bio *bio)
 {
 	struct ptb_image *img;
-	unsigned long chunk;
 	bool needed = false;
 
 	rcu_read_lock();
 	list_for_each_entry_rcu(img, &cow->images, node) {
-		if (ptb_image_first_pending(img, bio->bi_iter.bi_sector,
-					    bio_sectors(bio), &chunk)) {
+		if (ptb_image_needs(img, bio->bi_iter.bi_sector, bio_end_sector(bio))) {
 			needed = true;
 			break;
 		}
@@ -278,17 +455,17 @@ static void ptb_copy_io_done(unsigned long error, void *context)
 	rcu_read_unlock();
 }
 
-/* Read or write chunks [first, first + nr) of the copy. */
+/* Read or write blocks [first, first + nr) of the copy. */
 static void ptb_copy_submit(struct ptb_copy *c, blk_opf_t opf,
 			    struct block_device *bdev, unsigned int first,
 			    unsigned int nr)
 {
 	struct ptb_image *img = c->img;
-	sector_t off = (sector_t)first << img->chunk_shift;
+	sector_t off = (sector_t)first << img->block_shift;
 	struct dm_io_region where = {
 		.bdev = bdev,
 		.sector = c->sector + off,
-		.count = min_t(sector_t, (sector_t)nr << img->chunk_shift, c->len - off),
+		.count = min_t(sector_t, (sector_t)nr << img->block_shift, c->len - off),
 	};
 	struct dm_io_request req = {
 		.bi_opf = opf,
@@ -323,42 +500,70 @@ static void ptb_copy_read(struct ptb_copy *c, unsigned int slot)
 	img->free_slots -= c->nr;
 	c->buf = img->slot_area + ((size_t)slot << (img->chunk_shift + SECTOR_SHIFT));
 	c->stage = PTB_COPY_READING;
-	ptb_copy_submit(c, REQ_OP_READ, img->origin, 0, c->nr);
-}
-
-/* Is chunk i of the copy all zeroes?  (The last one may be short.) */
-static bool ptb_copy_chunk_zero(const struct ptb_copy *c, unsigned int i)
-{
-	unsigned int shift = c->img->chunk_shift;
-	sector_t off = (sector_t)i << shift;
-	sector_t len = min_t(sector_t, (sector_t)1 << shift, c->len - off);
-
-	return !memchr_inv(c->buf + (off << SECTOR_SHIFT), 0, len << SECTOR_SHIFT);
+	ptb_copy_submit(c, REQ_OP_READ, img->origin, 0, c->nr_blocks);
 }
 
 /*
- * Write the copy's next piece, from chunk wpos on: the longest run of
- * chunks that all hold zeroes, or that all hold data.  Zeroes go out as
- * write-zeroes where the target offers it (a thin or sparse target stays
- * unallocated there); if the target rejects one, the piece is written as
- * data and the image stops using write-zeroes (ptb_copy_advance()).
+ * Note the blocks of the copy that lie in chunks whose data in the copy is
+ * all zeroes.  (A write's copy holds part of one chunk.)
+ */
+static void ptb_copy_find_zeroes(struct ptb_copy *c)
+{
+	unsigned int bpc_shift = c->img->chunk_shift - c->img->block_shift;
+	unsigned int i, first, end;
+	size_t off, len;
+
+	bitmap_zero(c->zero_blocks, PTB_COPY_MAX_BLOCKS);
+	for (i = 0; i < c->nr; i++) {
+		first = i ? (i << bpc_shift) - c->block0 : 0;
+		end = min(((i + 1) << bpc_shift) - c->block0, c->nr_blocks);
+		off = (size_t)first << (c->img->block_shift + SECTOR_SHIFT);
+		len = min_t(sector_t, (sector_t)(end - first) << c->img->block_shift,
+			    c->len - ((sector_t)first << c->img->block_shift));
+		if (!memchr_inv(c->buf + off, 0, len << SECTOR_SHIFT))
+			bitmap_set(c->zero_blocks, first, end - first);
+	}
+}
+
+/*
+ * Find the copy's next piece from block wpos on: the longest run of blocks
+ * to save that all lie in chunks of zeroes, or all in chunks of data.
+ * False once every piece is written.
+ */
+static bool ptb_copy_next_piece(struct ptb_copy *c)
+{
+	unsigned int start, end;
+
+	start = find_next_bit(c->todo, c->nr_blocks, c->wpos);
+	if (start >= c->nr_blocks)
+		return false;
+	end = find_next_zero_bit(c->todo, c->nr_blocks, start);
+	c->zero = test_bit(start, c->zero_blocks);
+	if (c->zero)
+		end = find_next_zero_bit(c->zero_blocks, end, start);
+	else
+		end = find_next_bit(c->zero_blocks, end, start);
+	c->wpos = start;
+	c->wlen = end - start;
+	return true;
+}
+
+/*
+ * Write the piece found.  Zeroes go out as write-zeroes where the target
+ * offers it (a thin or sparse target stays unallocated there); if the
+ * target rejects one, the piece is written as data and the image stops
+ * using write-zeroes (ptb_copy_advance()).
  */
 static void ptb_copy_write(struct ptb_copy *c)
 {
 	struct ptb_image *img = c->img;
 	struct block_device *target = img->target;
-	bool zero = ptb_copy_chunk_zero(c, c->wpos);
-	unsigned int n = 1;
 
-	while (c->wpos + n < c->nr && ptb_copy_chunk_zero(c, c->wpos + n) == zero)
-		n++;
-	c->wlen = n;
-	c->zero = zero;
-	c->write_zeroes = zero && !img->no_write_zeroes &&
+	c->write_zeroes = c->zero && !img->no_write_zeroes &&
 			  bdev_write_zeroes_sectors(target);
 	c->stage = PTB_COPY_WRITING;
 	ptb_copy_submit(c, c->write_zeroes ? REQ_OP_WRITE_ZEROES : REQ_OP_WRITE,
-			target, c->wpos, n);
+			target, c->wpos, c->wlen);
 }
 
 /*
@@ -384,6 +589,12 @@ static struct ptb_copy *ptb_copy_new(struct ptb_image *img, unsigned long chunk,
 	c->sector = sector;
 	c->len = min_t(sector_t, (sector_t)nr << img->chunk_shift,
 		       img->dev_sectors - sector);
+	c->block0 = 0;
+	c->nr_blocks = DIV_ROUND_UP_SECTOR_T(c->len, (sector_t)1 << img->block_shift);
+	bitmap_zero(c->todo, PTB_COPY_MAX_BLOCKS);
+	bitmap_set(c->todo, 0, c->nr_blocks);
+	c->partial = NULL;
+	c->written = 0;
 	c->buf = NULL;
 	bio_list_init(&c->waiters);
 	c->error = 0;
@@ -399,23 +610,67 @@ static struct ptb_copy *ptb_copy_new(struct ptb_image *img, unsigned long chunk,
 	return c;
 }
 
-/* The copy of this chunk for this image, started if there is none. */
-static struct ptb_copy *ptb_copy_get(struct ptb_image *img, unsigned long chunk)
+/* Narrow a new copy of one chunk to its nr blocks from block first on. */
+static void ptb_copy_narrow(struct ptb_copy *c, unsigned int first, unsigned int nr)
 {
-	struct ptb_copy *c = ptb_copy_find(img, chunk);
-	unsigned int slot;
+	struct ptb_image *img = c->img;
 
-	if (c)
-		return c;
+	c->block0 = first;
+	c->sector += (sector_t)first << img->block_shift;
+	c->len = min_t(sector_t, (sector_t)nr << img->block_shift,
+		       img->dev_sectors - c->sector);
+	c->nr_blocks = nr;
+	bitmap_zero(c->todo, PTB_COPY_MAX_BLOCKS);
+	bitmap_set(c->todo, 0, nr);
+}
+
+/*
+ * Start the copy a write needs: need is the mask of the chunk's blocks
+ * that the write covers and that are not saved.  The copy saves the first
+ * run of them, or the whole chunk if none of it is saved, the write covers
+ * all of it or the table of partly saved chunks is full.  NULL: no
+ * descriptor now, try again later.
+ */
+static struct ptb_copy *ptb_copy_start_write(struct ptb_image *img, unsigned long chunk,
+					     unsigned long need)
+{
+	struct ptb_partial *p = ptb_partial_find(img, chunk);
+	unsigned int all = ptb_chunk_blocks(img, chunk);
+	unsigned int first = __ffs(need), slot;
+	struct ptb_copy *c;
+
 	c = ptb_copy_new(img, chunk, 1);
 	if (!c)
 		return NULL;
+	if (!p && need != GENMASK(all - 1, 0))
+		p = ptb_partial_new(img, chunk);
+	if (p) {
+		c->partial = p;
+		ptb_copy_narrow(c, first, ffz(need >> first));
+	}
 	slot = ptb_slots_find(img, 1);
 	if (slot < img->nr_slots)
 		ptb_copy_read(c, slot);
 	else
 		list_add_tail(&c->list, &img->slot_waiters);
 	return c;
+}
+
+/* Leave out of a new run the blocks that writes saved before. */
+static void ptb_copy_skip_saved(struct ptb_copy *c)
+{
+	struct ptb_image *img = c->img;
+	unsigned int bpc_shift = img->chunk_shift - img->block_shift;
+	struct ptb_partial *p;
+	unsigned int i, b;
+
+	for (i = 0; i < c->nr && img->nr_partials; i++) {
+		p = ptb_partial_find(img, c->chunk + i);
+		if (!p)
+			continue;
+		for_each_set_bit(b, &p->saved, 1U << bpc_shift)
+			clear_bit((i << bpc_shift) + b, c->todo);
+	}
 }
 
 /*
@@ -445,6 +700,7 @@ int ptb_copy_start_run(struct ptb_image *img, unsigned long chunk,
 		*nr = 0;
 		return -ENOMEM;
 	}
+	ptb_copy_skip_saved(c);
 	ptb_copy_read(c, slot);
 	return 0;
 }
@@ -508,32 +764,68 @@ static void ptb_copy_failed(struct ptb_copy *c, enum ptb_error_site site)
 	struct ptb_image *img = c->img;
 	bool waits = c->nr == 1 && !bio_list_empty(&c->waiters);
 
+	if (c->partial && !c->partial->saved)
+		ptb_partial_free(img, c->partial);
 	if (img->ops->failed(img, c->chunk, site, c->error, waits))
 		ptb_fail_bios(&c->waiters);
 	ptb_copy_finish(c);
 }
 
 /*
- * A piece is on the target: write the next one, or, once every chunk is
- * there, mark them done (from then on the map path lets their writes go).
+ * Every piece is on the target: note the blocks saved, and mark the
+ * chunks that have all their blocks saved done (from then on the map path
+ * lets their writes go).
  */
+static void ptb_copy_saved(struct ptb_copy *c)
+{
+	struct ptb_image *img = c->img;
+	struct ptb_partial *p = c->partial;
+	unsigned int i;
+
+	if (p) {
+		p->saved |= GENMASK(c->block0 + c->nr_blocks - 1, c->block0);
+		if (p->saved != GENMASK(ptb_chunk_blocks(img, c->chunk) - 1, 0))
+			return;
+		ptb_partial_free(img, p);
+	}
+	for (i = 0; i < c->nr; i++) {
+		p = ptb_partial_find(img, c->chunk + i);
+		if (p)
+			ptb_partial_free(img, p);
+		set_bit(c->chunk + i, img->done);
+	}
+}
+
+/* A piece is on the target: write the next one, or finish. */
 static void ptb_copy_written(struct ptb_copy *c)
 {
 	struct ptb_image *img = c->img;
-	sector_t off = (sector_t)c->wpos << img->chunk_shift;
-	unsigned int i;
+	sector_t off = (sector_t)c->wpos << img->block_shift;
+	sector_t len = min_t(sector_t, (sector_t)c->wlen << img->block_shift,
+			     c->len - off);
 
+	c->written += len;
 	if (c->zero)
-		c->zero_len += min_t(sector_t, (sector_t)c->wlen << img->chunk_shift,
-				     c->len - off);
+		c->zero_len += len;
 	c->wpos += c->wlen;
-	if (c->wpos < c->nr) {
+	if (ptb_copy_next_piece(c)) {
 		ptb_copy_write(c);
 		return;
 	}
-	for (i = 0; i < c->nr; i++)
-		set_bit(c->chunk + i, img->done);
-	img->ops->copied(img, c->len, c->zero_len);
+	ptb_copy_saved(c);
+	img->ops->copied(img, c->written, c->zero_len);
+	ptb_copy_finish(c);
+}
+
+/* The old data is in the buffer: write the first piece. */
+static void ptb_copy_have_data(struct ptb_copy *c)
+{
+	ptb_copy_find_zeroes(c);
+	if (ptb_copy_next_piece(c)) {
+		ptb_copy_write(c);
+		return;
+	}
+	ptb_copy_saved(c);
 	ptb_copy_finish(c);
 }
 
@@ -544,7 +836,7 @@ static void ptb_copy_advance(struct ptb_copy *c)
 		if (c->error)
 			ptb_copy_failed(c, PTB_SITE_SOURCE);
 		else
-			ptb_copy_write(c);
+			ptb_copy_have_data(c);
 		break;
 	case PTB_COPY_WRITING:
 		if (c->error && c->write_zeroes) {
@@ -569,22 +861,46 @@ static void ptb_copy_advance(struct ptb_copy *c)
 
 /* The worker. */
 
+/*
+ * Does img need old data saved before bio may go on?  Parks the bio on
+ * the copy (started if need be) and returns 1; 0 if img needs nothing;
+ * -ENOMEM if no copy could be started now.
+ */
+static int ptb_image_hold_write(struct ptb_image *img, struct bio *bio)
+{
+	sector_t sector = bio->bi_iter.bi_sector, end = bio_end_sector(bio);
+	unsigned long chunk, need;
+	struct ptb_copy *c;
+
+	while (sector < end &&
+	       ptb_image_first_pending(img, sector, end - sector, &chunk)) {
+		c = ptb_copy_find(img, chunk);
+		if (!c) {
+			need = ptb_blocks_needed(img, chunk, sector, end);
+			if (!need) {
+				sector = (sector_t)(chunk + 1) << img->chunk_shift;
+				continue;
+			}
+			c = ptb_copy_start_write(img, chunk, need);
+			if (!c)
+				return -ENOMEM;
+		}
+		bio_list_add(&c->waiters, bio);
+		return 1;
+	}
+	return 0;
+}
+
 /* Returns false if the bio could not be handled now and must be retried. */
 static bool ptb_handle_write(struct ptb_cow *cow, struct bio *bio)
 {
 	struct ptb_image *img;
-	struct ptb_copy *c;
-	unsigned long chunk;
+	int r;
 
 	for_each_image_in_worker(img, cow) {
-		if (!ptb_image_first_pending(img, bio->bi_iter.bi_sector,
-					     bio_sectors(bio), &chunk))
-			continue;
-		c = ptb_copy_get(img, chunk);
-		if (!c)
-			return false;
-		bio_list_add(&c->waiters, bio);
-		return true;
+		r = ptb_image_hold_write(img, bio);
+		if (r)
+			return r > 0;
 	}
 
 	dm_submit_bio_remap(bio, NULL);

@@ -5,8 +5,9 @@
  * flight and the worker that drives them.
  *
  * An image is the point-in-time contents of the device that one owner (a
- * backup job) saves to a target: while it is protected, a write to a chunk
- * not yet saved waits until the chunk's old data is on the target.  The
+ * backup job) saves to a target: while it is protected, a write to blocks
+ * not yet saved waits until their old data is on the target (a chunk's
+ * blocks are saved as writes cover them, or all at once).  The
  * engine knows nothing of jobs: it tells the owner of saved and failed
  * copies, and lets it advance (sweep, flush) from the worker, through the
  * image's ops.
@@ -25,6 +26,20 @@ struct ptb_image;
 /* The longest background copy, in chunks (and at most 1 MiB of them). */
 #define PTB_RUN_MAX_CHUNKS	32
 #define PTB_RUN_MAX_BYTES	SZ_1M
+
+/*
+ * A write's copy-before-write saves only the blocks of its chunk that it
+ * covers, blocks of at least 4 KiB and at most 32 to a chunk; the sweep
+ * saves the rest.  At most PTB_PARTIAL_MAX chunks of an image are partly
+ * saved at once; beyond that a write saves its whole chunk.
+ */
+#define PTB_BLOCK_MIN_SHIFT	3	/* in sectors: 4 KiB */
+#define PTB_CHUNK_MAX_BLOCKS	32
+#define PTB_COPY_MAX_BLOCKS	(PTB_RUN_MAX_BYTES >> (PTB_BLOCK_MIN_SHIFT + SECTOR_SHIFT))
+#define PTB_PARTIAL_MAX		4096
+#define PTB_PARTIAL_HASH_BITS	10
+
+struct ptb_partial;
 
 /*
  * The engine of one device: its images, the writes deferred to the
@@ -81,6 +96,7 @@ struct ptb_image {
 	unsigned int chunk_shift;	/* chunk size in sectors, log2 */
 	unsigned long nr_chunks;
 	unsigned long *done;
+	unsigned int block_shift;	/* block size in sectors, log2 */
 	sector_t dev_sectors;		/* size of the device at the point in time */
 	struct block_device *origin;
 	struct block_device *target;
@@ -93,13 +109,25 @@ struct ptb_image {
 	unsigned int copies_in_flight;	/* copies in the copy table */
 	struct list_head slot_waiters;	/* copies waiting for a buffer */
 	bool no_write_zeroes;		/* the target rejected write-zeroes */
+
+	/*
+	 * The chunks saved in part (none if a chunk is one block): the map
+	 * path reads the table under RCU; the rest is the worker's.
+	 */
+	unsigned int max_partials;
+	unsigned int partials_used;	/* entries ever taken */
+	unsigned int nr_partials;	/* in the table; READ_ONCE */
+	void *partial_area;		/* the table's heads, then the entries */
+	struct hlist_head *partial_table;
+	struct ptb_partial *free_head;	/* free entries, oldest first */
+	struct ptb_partial *free_tail;
 };
 
 /* Process context, may sleep; the image is not yet published. */
 int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,
 		   const struct ptb_image_ops *ops, const char *name,
 		   unsigned int chunk_shift, sector_t dev_sectors,
-		   unsigned int nr_slots);
+		   unsigned int nr_slots, unsigned int min_block_shift);
 void ptb_image_free_buffers(struct ptb_image *img);	/* no copy in flight */
 void ptb_image_exit(struct ptb_image *img);
 /* Publish and unpublish (images_lock held; publish with writes held). */

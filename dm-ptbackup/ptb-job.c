@@ -393,7 +393,8 @@ static int ptb_job_new(struct ptb_target *pt, const struct ptb_job_params *p,
 	atomic64_set(&job->zero_bytes, 0);
 
 	r = ptb_image_init(&job->img, &pt->pd->cow, &ptb_job_image_ops, job->id,
-			   pt->chunk_shift, pt->ti->len, pt->copy_slots);
+			   pt->chunk_shift, pt->ti->len, pt->copy_slots,
+			   ilog2(bdev_logical_block_size(pt->origin->bdev) >> SECTOR_SHIFT));
 	if (!r) {
 		job->img.origin = pt->origin->bdev;
 		r = ptb_job_open_target(pt, job, p->target_path);

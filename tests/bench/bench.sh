@@ -214,7 +214,7 @@ measure_memory() {
 	dmsetup message bench 0 backup start j /dev/mapper/bench-zt sync=none
 	record memory job measured_kib $(($(kmem_kib) - before))
 	# The done map (a bit per 64 KiB chunk) and 16 chunk buffers.
-	record memory job computed_kib $(((1 << 40) / 65536 / 8 / 1024 + 16 * 64))
+	record memory job computed_kib $(((1 << 40) / 65536 / 8 / 1024 + 16 * 64 + (8192 + 4096 * 48) / 1024))
 	dmsetup message bench 0 job cancel j
 	dm_rm bench bench-zo bench-zt
 }

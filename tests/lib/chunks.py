@@ -3,6 +3,7 @@
 
   chunks.py nonzero DEV CHUNK_BYTES        indices of chunks that are not all zero
   chunks.py diff A B CHUNK_BYTES [BYTES]   indices of chunks where A and B differ
+  chunks.py same A B CHUNK_BYTES [BYTES]   indices of chunks where A and B are equal
 """
 import os
 import sys
@@ -28,11 +29,12 @@ def main(argv):
         size = int(argv[3])
         zero = bytes(size)
         out = [i for i, d in enumerate(chunks(argv[2], size)) if d != zero[:len(d)]]
-    elif len(argv) >= 5 and argv[1] == "diff":
+    elif len(argv) >= 5 and argv[1] in ("diff", "same"):
         size = int(argv[4])
         limit = int(argv[5]) if len(argv) > 5 else None
         a, b = chunks(argv[2], size, limit), chunks(argv[3], size, limit)
-        out = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        want_equal = argv[1] == "same"
+        out = [i for i, (x, y) in enumerate(zip(a, b)) if (x == y) == want_equal]
     else:
         sys.stderr.write(__doc__)
         return 2
