@@ -1226,6 +1226,6 @@ void ptb_bitmap_thaw(struct ptb_tracking *trk, struct ptb_bitmap *b, bool succes
 	}
 	rcu_assign_pointer(b->succ, NULL);
 	WRITE_ONCE(b->busy, NULL);
-	synchronize_rcu();
-	kvfree(succ);
+	/* Writers may still be marking it; no grace period under the hold. */
+	kvfree_rcu_mightsleep(succ);
 }

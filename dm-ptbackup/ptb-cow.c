@@ -174,7 +174,8 @@ static struct ptb_partial *ptb_partial_new(struct ptb_image *img, unsigned long 
 
 static void ptb_partial_add_free(struct ptb_image *img, struct ptb_partial *p)
 {
-	p->gp_cookie = get_state_synchronize_rcu();
+	/* Starts a grace period: a quiet system may have none pending. */
+	p->gp_cookie = start_poll_synchronize_rcu();
 	p->next_free = NULL;
 	if (img->free_tail)
 		img->free_tail->next_free = p;
@@ -233,6 +234,24 @@ static int ptb_partials_init(struct ptb_image *img)
 }
 
 /*
+ * The pages of the slot area, chained in order for dm-io: a copy's I/O
+ * then needs no page-table walk per page (vmalloc_to_page()).
+ */
+static int ptb_slot_pages_init(struct ptb_image *img, size_t nr_pages)
+{
+	size_t i;
+
+	img->slot_pages = kvmalloc_array(nr_pages, sizeof(*img->slot_pages), GFP_KERNEL);
+	if (!img->slot_pages)
+		return -ENOMEM;
+	for (i = 0; i < nr_pages; i++) {
+		img->slot_pages[i].page = vmalloc_to_page(img->slot_area + i * PAGE_SIZE);
+		img->slot_pages[i].next = i + 1 < nr_pages ? &img->slot_pages[i + 1] : NULL;
+	}
+	return 0;
+}
+
+/*
  * min_block_shift: the origin's logical block size in sectors, log2; a
  * block is at least that, at least 4 KiB and at least a 32nd of a chunk.
  */
@@ -260,7 +279,8 @@ int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,
 	img->slot_used = bitmap_zalloc(nr_slots, GFP_KERNEL);
 	/* One area: a run of chunks reads into adjacent slots. */
 	img->slot_area = vmalloc(array_size(nr_slots, size));
-	if (!img->done || !img->slot_used || !img->slot_area)
+	if (!img->done || !img->slot_used || !img->slot_area ||
+	    ptb_slot_pages_init(img, nr_slots * (size >> PAGE_SHIFT)))
 		return -ENOMEM;
 	img->nr_slots = nr_slots;
 	img->free_slots = nr_slots;
@@ -270,6 +290,8 @@ int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,
 /* The chunk buffers; no copy may be in flight. */
 void ptb_image_free_buffers(struct ptb_image *img)
 {
+	kvfree(img->slot_pages);
+	img->slot_pages = NULL;
 	vfree(img->slot_area);
 	img->slot_area = NULL;
 	bitmap_free(img->slot_used);
@@ -462,6 +484,7 @@ static void ptb_copy_submit(struct ptb_copy *c, blk_opf_t opf,
 {
 	struct ptb_image *img = c->img;
 	sector_t off = (sector_t)first << img->block_shift;
+	size_t pos = (c->buf - img->slot_area) + (off << SECTOR_SHIFT);
 	struct dm_io_region where = {
 		.bdev = bdev,
 		.sector = c->sector + off,
@@ -469,8 +492,9 @@ static void ptb_copy_submit(struct ptb_copy *c, blk_opf_t opf,
 	};
 	struct dm_io_request req = {
 		.bi_opf = opf,
-		.mem.type = DM_IO_VMA,
-		.mem.ptr.vma = c->buf + (off << SECTOR_SHIFT),
+		.mem.type = DM_IO_PAGE_LIST,
+		.mem.ptr.pl = &img->slot_pages[pos >> PAGE_SHIFT],
+		.mem.offset = offset_in_page(pos),
 		.notify.fn = ptb_copy_io_done,
 		.notify.context = c,
 		.client = img->cow->io_client,
@@ -627,9 +651,9 @@ static void ptb_copy_narrow(struct ptb_copy *c, unsigned int first, unsigned int
 /*
  * Start the copy a write needs: need is the mask of the chunk's blocks
  * that the write covers and that are not saved.  The copy saves the first
- * run of them, or the whole chunk if none of it is saved, the write covers
- * all of it or the table of partly saved chunks is full.  NULL: no
- * descriptor now, try again later.
+ * run of them; or the whole chunk when none of it is saved and either the
+ * write covers all of it or the table of partly saved chunks has no free
+ * entry.  NULL: no descriptor now, try again later.
  */
 static struct ptb_copy *ptb_copy_start_write(struct ptb_image *img, unsigned long chunk,
 					     unsigned long need)
@@ -685,6 +709,9 @@ int ptb_copy_start_run(struct ptb_image *img, unsigned long chunk,
 	unsigned int want = min3(*nr, img->free_slots, (unsigned int)PTB_RUN_MAX_CHUNKS);
 	unsigned int slot = img->nr_slots;
 	struct ptb_copy *c;
+
+	/* At most 1 MiB, so at most PTB_COPY_MAX_BLOCKS blocks. */
+	want = min(want, (unsigned int)(PTB_RUN_MAX_BYTES >> SECTOR_SHIFT) >> img->chunk_shift);
 
 	/* The longest run that fits in adjacent free slots. */
 	for (; want; want--) {
@@ -783,7 +810,7 @@ static void ptb_copy_saved(struct ptb_copy *c)
 	unsigned int i;
 
 	if (p) {
-		p->saved |= GENMASK(c->block0 + c->nr_blocks - 1, c->block0);
+		WRITE_ONCE(p->saved, p->saved | GENMASK(c->block0 + c->nr_blocks - 1, c->block0));
 		if (p->saved != GENMASK(ptb_chunk_blocks(img, c->chunk) - 1, 0))
 			return;
 		ptb_partial_free(img, p);

@@ -105,6 +105,7 @@ struct ptb_image {
 	unsigned int nr_slots;
 	unsigned int free_slots;
 	void *slot_area;		/* nr_slots chunk buffers, adjacent */
+	struct page_list *slot_pages;	/* its pages, chained in order */
 	unsigned long *slot_used;	/* the buffers in use */
 	unsigned int copies_in_flight;	/* copies in the copy table */
 	struct list_head slot_waiters;	/* copies waiting for a buffer */
