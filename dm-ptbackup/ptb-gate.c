@@ -8,24 +8,19 @@
  * (the gate's released callback) when the hold is lifted.
  */
 
-#include <linux/percpu-refcount.h>
+#include <linux/percpu.h>
+#include <linux/rcupdate.h>
 #include <linux/sched/mm.h>
 
 #include "ptb-gate.h"
 
-/* The last counted write of a hold's drain has completed. */
-static void ptb_gate_drained(struct percpu_ref *ref)
-{
-	struct ptb_gate *g = container_of(ref, struct ptb_gate, writes);
-
-	complete(&g->drained);
-}
-
 /*
- * Count a write as in flight: a per-CPU reference, so the write path
- * touches no cache line that other CPUs write.  Returns false if writes
- * are being held: the bio then sits on the held list until
- * ptb_release_writes().
+ * Count a write as in flight on this CPU's counter, so the write path
+ * touches no cache line that other CPUs write.  The check of the hold
+ * flag and the count are one RCU read section: a hold, which raises the
+ * flag and then waits for a grace period, either sees the count or the
+ * write sees the flag.  Returns false if writes are being held: the bio
+ * then sits on the held list until ptb_release_writes().
  */
 bool ptb_account_write(struct ptb_gate *g, struct ptb_bio *pb,
 		       struct bio *bio)
@@ -34,15 +29,15 @@ bool ptb_account_write(struct ptb_gate *g, struct ptb_bio *pb,
 	bool held;
 
 	for (;;) {
-		if (likely(percpu_ref_tryget_live(&g->writes))) {
-			/* Acquire: a lifted hold means the new image is published. */
-			if (likely(!smp_load_acquire(&g->hold_writes))) {
-				pb->counted = true;
-				return true;
-			}
-			/* A hold is starting: this write belongs after it. */
-			percpu_ref_put(&g->writes);
+		rcu_read_lock();
+		/* Acquire: a lifted hold means the new image is published. */
+		if (likely(!smp_load_acquire(&g->hold_writes))) {
+			this_cpu_inc(*g->writes);
+			rcu_read_unlock();
+			pb->counted = true;
+			return true;
 		}
+		rcu_read_unlock();
 		spin_lock_irqsave(&g->lock, flags);
 		/* Re-check under the lock: the hold may have just been lifted. */
 		held = g->hold_writes;
@@ -54,21 +49,56 @@ bool ptb_account_write(struct ptb_gate *g, struct ptb_bio *pb,
 	}
 }
 
+/*
+ * The same RCU read section as the count: a completion that finds no
+ * hold ends before a later hold's grace period does, which orders
+ * everything the write did before the hold's sum.  One that finds a hold
+ * orders the write's work before its count with a full barrier (paired
+ * with the one in ptb_gate_drained()) and wakes the hold.
+ */
 void ptb_write_done(struct ptb_gate *g, struct ptb_bio *pb)
 {
 	if (!pb->counted)
 		return;
 	pb->counted = false;
-	percpu_ref_put(&g->writes);
+	rcu_read_lock();
+	if (likely(!READ_ONCE(g->hold_writes))) {
+		this_cpu_dec(*g->writes);
+	} else {
+		smp_mb();
+		this_cpu_dec(*g->writes);
+		wake_up(&g->drain_wait);
+	}
+	rcu_read_unlock();
+}
+
+/*
+ * No counted write in flight: exact once no write can be counted (after
+ * the hold's grace period), since every count up is then visible and a
+ * count down not yet seen can only make the sum larger.
+ */
+static bool ptb_gate_drained(struct ptb_gate *g)
+{
+	unsigned long sum = 0;
+	int cpu;
+
+	for_each_possible_cpu(cpu)
+		sum += READ_ONCE(*per_cpu_ptr(g->writes, cpu));
+	if (sum)
+		return false;
+	/* What the writes did is seen after this (ptb_write_done()). */
+	smp_mb();
+	return true;
 }
 
 /*
  * Hold back new writes and wait until every write already counted has
- * completed: raise the hold flag, then kill the reference, whose release
- * runs when the last counted write completes (after an RCU grace period
- * at the least).  Writes waiting for a copy or a bitmap commit count as in
- * flight; copies and commits make progress without the hold being lifted,
- * so this cannot deadlock.  Holds g->hold_lock until ptb_release_writes().
+ * completed: raise the hold flag, wait for an expedited RCU grace period
+ * (after it, every write either was counted or parks), then for the
+ * per-CPU counts to sum to zero.  Writes waiting for a copy or a bitmap
+ * commit count as in flight; copies and commits make progress without
+ * the hold being lifted, so this cannot deadlock.  Holds g->hold_lock
+ * until ptb_release_writes().
  */
 static void ptb_hold_writes_locked(struct ptb_gate *g)
 {
@@ -82,9 +112,9 @@ static void ptb_hold_writes_locked(struct ptb_gate *g)
 	spin_lock_irq(&g->lock);
 	WRITE_ONCE(g->hold_writes, 1);
 	spin_unlock_irq(&g->lock);
-	reinit_completion(&g->drained);
-	percpu_ref_kill(&g->writes);
-	wait_for_completion(&g->drained);
+	/* Holds are rare and short, as device-mapper's table swap is. */
+	synchronize_rcu_expedited();
+	wait_event(g->drain_wait, ptb_gate_drained(g));
 }
 
 void ptb_hold_writes(struct ptb_gate *g)
@@ -115,11 +145,6 @@ void ptb_release_writes(struct ptb_gate *g)
 	if (--g->hold_depth)
 		return;
 	g->hold_owner = NULL;
-	/*
-	 * Live again before the flag drops: a write that finds the
-	 * reference dead always finds the flag raised and parks.
-	 */
-	percpu_ref_reinit(&g->writes);
 	spin_lock_irq(&g->lock);
 	/* Release: the new image is published before writes see no hold. */
 	smp_store_release(&g->hold_writes, 0);
@@ -144,14 +169,15 @@ int ptb_gate_init(struct ptb_gate *g,
 	mutex_init(&g->hold_lock);
 	spin_lock_init(&g->lock);
 	bio_list_init(&g->held_bios);
-	init_completion(&g->drained);
-	return percpu_ref_init(&g->writes, ptb_gate_drained,
-			       PERCPU_REF_ALLOW_REINIT, GFP_KERNEL);
+	init_waitqueue_head(&g->drain_wait);
+	g->writes = alloc_percpu(unsigned long);
+	return g->writes ? 0 : -ENOMEM;
 }
 
-/* No write in flight, no hold. */
+/* No write in flight, no hold; also after a failed ptb_gate_init(). */
 void ptb_gate_exit(struct ptb_gate *g)
 {
-	percpu_ref_exit(&g->writes);
+	free_percpu(g->writes);
+	g->writes = NULL;
 	mutex_destroy(&g->hold_lock);
 }

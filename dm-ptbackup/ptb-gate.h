@@ -12,8 +12,7 @@
 #ifndef DM_PTBACKUP_GATE_H
 #define DM_PTBACKUP_GATE_H
 
-#include <linux/completion.h>
-#include <linux/percpu-refcount.h>
+#include <linux/wait.h>
 
 #include "ptb.h"
 
@@ -27,9 +26,12 @@ struct ptb_gate {
 	struct task_struct *hold_owner;	/* under hold_lock */
 	unsigned int hold_depth;
 	unsigned int hold_noio;		/* memalloc_noio_save() of the holder */
-	/* Writes in flight, per CPU; killed while a hold drains them. */
-	struct percpu_ref writes;
-	struct completion drained;	/* the drain's last write is done */
+	/*
+	 * Writes in flight, counted up on the CPU that maps a write and down
+	 * on the CPU that completes it: only the sum over CPUs means anything.
+	 */
+	unsigned long __percpu *writes;
+	wait_queue_head_t drain_wait;	/* a hold waits for the sum to be 0 */
 	int hold_writes;		/* smp_load_acquire/smp_store_release */
 	/* Guards held_bios and the raising and lifting of hold_writes. */
 	spinlock_t lock;
