@@ -65,6 +65,7 @@ void ptb_write_done(struct ptb_gate *g, struct ptb_bio *pb)
 	if (likely(!READ_ONCE(g->hold_writes))) {
 		this_cpu_dec(*g->writes);
 	} else {
+		/* The write's work before its count: pairs with the drain's. */
 		smp_mb();
 		this_cpu_dec(*g->writes);
 		wake_up(&g->drain_wait);
