@@ -648,39 +648,7 @@ static void ptb_copy_narrow(struct ptb_copy *c, unsigned int first, unsigned int
 	bitmap_set(c->todo, 0, nr);
 }
 
-/*
- * Start the copy a write needs: need is the mask of the chunk's blocks
- * that the write covers and that are not saved.  The copy saves the first
- * run of them; or the whole chunk when none of it is saved and either the
- * write covers all of it or the table of partly saved chunks has no free
- * entry.  NULL: no descriptor now, try again later.
- */
-static struct ptb_copy *ptb_copy_start_write(struct ptb_image *img, unsigned long chunk,
-					     unsigned long need)
-{
-	struct ptb_partial *p = ptb_partial_find(img, chunk);
-	unsigned int all = ptb_chunk_blocks(img, chunk);
-	unsigned int first = __ffs(need), slot;
-	struct ptb_copy *c;
-
-	c = ptb_copy_new(img, chunk, 1);
-	if (!c)
-		return NULL;
-	if (!p && need != GENMASK(all - 1, 0))
-		p = ptb_partial_new(img, chunk);
-	if (p) {
-		c->partial = p;
-		ptb_copy_narrow(c, first, ffz(need >> first));
-	}
-	slot = ptb_slots_find(img, 1);
-	if (slot < img->nr_slots)
-		ptb_copy_read(c, slot);
-	else
-		list_add_tail(&c->list, &img->slot_waiters);
-	return c;
-}
-
-/* Leave out of a new run the blocks that writes saved before. */
+/* Leave out of a new copy of whole chunks the blocks saved before. */
 static void ptb_copy_skip_saved(struct ptb_copy *c)
 {
 	struct ptb_image *img = c->img;
@@ -696,6 +664,42 @@ static void ptb_copy_skip_saved(struct ptb_copy *c)
 			clear_bit((i << bpc_shift) + b, c->todo);
 	}
 }
+
+/*
+ * Start the copy a write needs: need is the mask of the chunk's blocks
+ * that the write covers and that are not saved.  The first write to a
+ * chunk saves the first run of them, unless it covers the whole chunk or
+ * the table of partly saved chunks has no free entry: then the whole
+ * chunk.  A later write to a partly saved chunk saves all the rest of it,
+ * so that no chunk costs more than two copies.  NULL: no descriptor now,
+ * try again later.
+ */
+static struct ptb_copy *ptb_copy_start_write(struct ptb_image *img, unsigned long chunk,
+					     unsigned long need)
+{
+	struct ptb_partial *p = ptb_partial_find(img, chunk);
+	unsigned int all = ptb_chunk_blocks(img, chunk);
+	unsigned int first = __ffs(need), slot;
+	struct ptb_copy *c;
+
+	c = ptb_copy_new(img, chunk, 1);
+	if (!c)
+		return NULL;
+	if (p) {
+		ptb_copy_skip_saved(c);
+	} else if (need != GENMASK(all - 1, 0)) {
+		c->partial = ptb_partial_new(img, chunk);
+		if (c->partial)
+			ptb_copy_narrow(c, first, ffz(need >> first));
+	}
+	slot = ptb_slots_find(img, 1);
+	if (slot < img->nr_slots)
+		ptb_copy_read(c, slot);
+	else
+		list_add_tail(&c->list, &img->slot_waiters);
+	return c;
+}
+
 
 /*
  * Background copy of up to *nr adjacent chunks from chunk on, none of them

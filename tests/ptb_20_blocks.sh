@@ -1,7 +1,8 @@
 #!/bin/bash
-# Copy-before-write saves the blocks a write covers, not its whole chunk:
-# a sync=none target holds exactly the old data of the overwritten 4 KiB
-# blocks; a write that covers blocks saved before saves only the others;
+# Copy-before-write saves the blocks the first write to a chunk covers, not
+# the whole chunk, and the rest at the chunk's second write: a sync=none
+# target holds exactly the old data of those blocks; no block is saved
+# twice;
 # past 4096 partly saved chunks a write saves its whole chunk; and a
 # sync=full sweep fills in the rest of partly saved chunks without
 # overwriting the blocks writes saved.
@@ -10,7 +11,7 @@
 need_root
 need_cmd dmsetup fio
 
-tap_plan 17
+tap_plan 18
 
 mapfile -t devs < <(make_brd 2 48)
 origin=${devs[0]} target=${devs[1]}
@@ -20,9 +21,10 @@ dm=/dev/mapper
 zero_target() {
 	dd if=/dev/zero of="$target" bs=1M count=48 oflag=direct status=none
 }
-wr4k() {	# wr4k DEV BLOCK [COUNT]: write 4 KiB blocks
+wr4k() {	# wr4k DEV BLOCK [COUNT]: write COUNT 4 KiB blocks in one write
 	head -c $((4096 * ${3:-1})) /dev/urandom |
-		dd of="$1" bs=4k seek="$2" oflag=direct iflag=fullblock status=none
+		dd of="$1" bs=$((4096 * ${3:-1})) count=1 seek=$(($2 * 4096)) \
+			oflag=direct,seek_bytes iflag=fullblock status=none
 }
 # The 4 KiB blocks where the target holds the origin's old data (the
 # target starts zeroed and the origin's data is random).
@@ -36,26 +38,33 @@ dd if="$origin" of=/tmp/old1 bs=1M count=16 iflag=direct status=none
 dm_create ptb_b "0 32768 ptbackup $origin - 128"
 tap_check "sync=none job starts" dm_msg ptb_b backup start n "$target" sync=none
 wr4k $dm/ptb_b $((10 * 16 + 5))
-tap_eq "a 4 KiB write saves 4 KiB" 4096 "$(ptb_job_field ptb_b n done)"
-# 512 bytes inside block 7 of chunk 10: the whole block is saved.
+tap_eq "a first 4 KiB write to a chunk saves 4 KiB" 4096 "$(ptb_job_field ptb_b n done)"
+# A second write to chunk 10 (512 bytes inside block 7) saves the rest of
+# it: 15 blocks, not block 5 again.
 head -c 512 /dev/urandom | dd of=$dm/ptb_b bs=512 seek=$(((10 * 16 + 7) * 8 + 3)) \
 	oflag=direct status=none
-tap_eq "a 512-byte write saves its 4 KiB block" 8192 "$(ptb_job_field ptb_b n done)"
+tap_eq "a second write to a partly saved chunk saves the rest of it" 65536 \
+	"$(ptb_job_field ptb_b n done)"
 wr4k $dm/ptb_b $((10 * 16 + 5))
-tap_eq "a block saved once is not saved again" 8192 "$(ptb_job_field ptb_b n done)"
-# Blocks 1 and 3 of chunk 20, then all of it: the last write saves the
-# other 14 blocks (three runs), never blocks 1 and 3 again.
+tap_eq "a chunk saved once is not saved again" 65536 "$(ptb_job_field ptb_b n done)"
+# 512 bytes inside block 7 of chunk 12, its first write: one 4 KiB block.
+head -c 512 /dev/urandom | dd of=$dm/ptb_b bs=512 seek=$(((12 * 16 + 7) * 8 + 3)) \
+	oflag=direct status=none
+tap_eq "a first 512-byte write saves its 4 KiB block" $((65536 + 4096)) \
+	"$(ptb_job_field ptb_b n done)"
+# Blocks 1 and 3 of chunk 20 (the second saves the other 15 blocks, in
+# two pieces around block 1), then all of it: nothing more.
 wr4k $dm/ptb_b $((20 * 16 + 1))
 wr4k $dm/ptb_b $((20 * 16 + 3))
 wr4k $dm/ptb_b $((20 * 16)) 16
-tap_eq "a chunk write after two block writes saves the chunk once" \
-	$((8192 + 65536)) "$(ptb_job_field ptb_b n done)"
-# Across chunks 30 and 31: two blocks of each.
+tap_eq "chunk 20 is saved once, in two copies" $((2 * 65536 + 4096)) \
+	"$(ptb_job_field ptb_b n done)"
+# Across chunks 30 and 31, the first write to each: two blocks of each.
 wr4k $dm/ptb_b $((31 * 16 - 2)) 4
 tap_eq "a write across two chunks saves its four blocks" \
-	$((8192 + 65536 + 16384)) "$(ptb_job_field ptb_b n done)"
+	$((2 * 65536 + 4096 + 16384)) "$(ptb_job_field ptb_b n done)"
 tap_check "cancel" dm_msg ptb_b job cancel n
-want="165 167 $(seq -s ' ' 320 335) 494 495 496 497"
+want="$(seq -s ' ' 160 175) 199 $(seq -s ' ' 320 335) 494 495 496 497"
 tap_eq "the target holds the old data of exactly the written blocks" \
 	"$want" "$(saved_blocks /tmp/old1 $((16 << 20)))"
 dm_msg ptb_b job dismiss n
