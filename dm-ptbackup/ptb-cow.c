@@ -700,7 +700,6 @@ static struct ptb_copy *ptb_copy_start_write(struct ptb_image *img, unsigned lon
 	return c;
 }
 
-
 /*
  * Background copy of up to *nr adjacent chunks from chunk on, none of them
  * done or in flight, into free slots (never waiting for one).  Sets *nr to
