@@ -21,7 +21,8 @@ dm_create $dev "0 $sz ptbackup $origin /dev/mapper/ptb_ux_md 128"
 dm_create ptb_ux_holder "0 $sz linear $busy 0"
 dm_msg $dev bitmap add b
 dd if=/dev/urandom of=/dev/mapper/$dev bs=64k count=1 seek=7 oflag=direct status=none
-dm_msg $dev backup start bg "$t2" speed=512K
+# Slow enough to outlive the test even on the debug kernel under load.
+dm_msg $dev backup start bg "$t2" speed=64K
 dmsetup suspend ptb_ux_md
 dmsetup reload ptb_ux_md --table "0 $msz delay $meta 0 0 $meta 0 1000"
 dmsetup resume ptb_ux_md
