@@ -128,9 +128,9 @@ dm_rm ptb_d
 o5=$(make_loop 4) t5=$(make_loop 4)
 fill_random "$o5"
 s5=$(dev_sectors "$o5")
-# Flushes of the target take 6 s: wide windows for the cases below, even
+# Flushes of the target take 15 s: wide windows for the cases below, even
 # on a loaded machine.
-dm_create ptb_t5 "0 $s5 delay $t5 0 0 $t5 0 0 $t5 0 6000"
+dm_create ptb_t5 "0 $s5 delay $t5 0 0 $t5 0 0 $t5 0 15000"
 dm_create ptb_e "0 $s5 ptbackup $o5 - 2048 2 copy_slots 8"
 dm_msg ptb_e bitmap add b5
 dd if=/dev/urandom of=/dev/mapper/ptb_e bs=64k count=1 seek=16 oflag=direct status=none
@@ -159,7 +159,7 @@ ptb_wait_copied ptb_e p
 sleep 0.5
 expect_refused "pause during the final flush is refused" \
 	"job pause p: job is flushing its target" dm_msg ptb_e job pause p
-tap_check "paused during the final flush: the job completes" ptb_wait_state ptb_e p completed 30
+tap_check "paused during the final flush: the job completes" ptb_wait_state ptb_e p completed 60
 dm_msg ptb_e job dismiss p
 dm_rm ptb_e ptb_t5
 

@@ -49,9 +49,9 @@ start=$(date +%s%N)
 dmsetup load ptb_c --table "0 $s4 ptbackup $o4 /dev/mapper/ptb_m4 128" &
 loadpid=$!
 sleep 1
-timeout 2 dmsetup message ptb_c 0 bitmap list >/dev/null &
+timeout 8 dmsetup message ptb_c 0 bitmap list >/dev/null &
 msgpid=$!
-timeout 2 dmsetup create ptb_o --table "0 $s4 ptbackup $o5 - 128" &
+timeout 8 dmsetup create ptb_o --table "0 $s4 ptbackup $o5 - 128" &
 createpid=$!
 wait $msgpid
 tap_eq "a message to the device answers during its metadata load" "0" "$?"
