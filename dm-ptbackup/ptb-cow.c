@@ -120,6 +120,12 @@ static unsigned int ptb_chunk_blocks(const struct ptb_image *img, unsigned long 
 	return DIV_ROUND_UP_SECTOR_T(len, (sector_t)1 << img->block_shift);
 }
 
+/* The mask of all the blocks of chunk. */
+static unsigned long ptb_chunk_all_blocks(const struct ptb_image *img, unsigned long chunk)
+{
+	return GENMASK(ptb_chunk_blocks(img, chunk) - 1, 0);
+}
+
 static struct hlist_head *ptb_partial_head(const struct ptb_image *img,
 					   unsigned long chunk)
 {
@@ -590,6 +596,14 @@ static void ptb_copy_write(struct ptb_copy *c)
 			target, c->wpos, c->wlen);
 }
 
+/* The copy covers nr blocks, all of them to be written. */
+static void ptb_copy_set_blocks(struct ptb_copy *c, unsigned int nr)
+{
+	c->nr_blocks = nr;
+	bitmap_zero(c->todo, PTB_COPY_MAX_BLOCKS);
+	bitmap_set(c->todo, 0, nr);
+}
+
 /*
  * A new copy of chunks [chunk, chunk + nr), in the copy table.  NULL when
  * no descriptor could be had without sleeping on the pool (whose elements
@@ -614,9 +628,7 @@ static struct ptb_copy *ptb_copy_new(struct ptb_image *img, unsigned long chunk,
 	c->len = min_t(sector_t, (sector_t)nr << img->chunk_shift,
 		       img->dev_sectors - sector);
 	c->block0 = 0;
-	c->nr_blocks = DIV_ROUND_UP_SECTOR_T(c->len, (sector_t)1 << img->block_shift);
-	bitmap_zero(c->todo, PTB_COPY_MAX_BLOCKS);
-	bitmap_set(c->todo, 0, c->nr_blocks);
+	ptb_copy_set_blocks(c, DIV_ROUND_UP_SECTOR_T(c->len, (sector_t)1 << img->block_shift));
 	c->partial = NULL;
 	c->written = 0;
 	c->buf = NULL;
@@ -643,9 +655,7 @@ static void ptb_copy_narrow(struct ptb_copy *c, unsigned int first, unsigned int
 	c->sector += (sector_t)first << img->block_shift;
 	c->len = min_t(sector_t, (sector_t)nr << img->block_shift,
 		       img->dev_sectors - c->sector);
-	c->nr_blocks = nr;
-	bitmap_zero(c->todo, PTB_COPY_MAX_BLOCKS);
-	bitmap_set(c->todo, 0, nr);
+	ptb_copy_set_blocks(c, nr);
 }
 
 /* Leave out of a new copy of whole chunks the blocks saved before. */
@@ -678,7 +688,6 @@ static struct ptb_copy *ptb_copy_start_write(struct ptb_image *img, unsigned lon
 					     unsigned long need)
 {
 	struct ptb_partial *p = ptb_partial_find(img, chunk);
-	unsigned int all = ptb_chunk_blocks(img, chunk);
 	unsigned int first = __ffs(need), slot;
 	struct ptb_copy *c;
 
@@ -687,7 +696,7 @@ static struct ptb_copy *ptb_copy_start_write(struct ptb_image *img, unsigned lon
 		return NULL;
 	if (p) {
 		ptb_copy_skip_saved(c);
-	} else if (need != GENMASK(all - 1, 0)) {
+	} else if (need != ptb_chunk_all_blocks(img, chunk)) {
 		c->partial = ptb_partial_new(img, chunk);
 		if (c->partial)
 			ptb_copy_narrow(c, first, ffz(need >> first));
@@ -814,7 +823,7 @@ static void ptb_copy_saved(struct ptb_copy *c)
 
 	if (p) {
 		WRITE_ONCE(p->saved, p->saved | GENMASK(c->block0 + c->nr_blocks - 1, c->block0));
-		if (p->saved != GENMASK(ptb_chunk_blocks(img, c->chunk) - 1, 0))
+		if (p->saved != ptb_chunk_all_blocks(img, c->chunk))
 			return;
 		ptb_partial_free(img, p);
 	}
