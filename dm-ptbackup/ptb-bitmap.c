@@ -78,8 +78,9 @@ static void ptb_intent_range(struct ptb_tracking *trk, sector_t sector,
 }
 
 /*
- * Is the intent of every region the bio touches durable?  Called under
- * rcu_read_lock(), after the bio's bits are set in core.  A commit that
+ * Is the intent of every region the bio touches durable?  Called in an
+ * RCU read section (the map path's RCU-sched one), after the bio's bits
+ * are set in core.  A commit that
  * takes a region out of the log clears its intent bit in core, waits for
  * an RCU grace period, and only then reads the bits to commit: so either
  * this sees the intent clear (and the bio waits for the marker to log it
@@ -144,12 +145,12 @@ bool ptb_bitmaps_mark(struct ptb_tracking *trk, struct bio *bio)
 	struct ptb_bitmap *b;
 	bool persistent = false, wait = false;
 
-	rcu_read_lock();
+	rcu_read_lock_sched();
 	list_for_each_entry_rcu(b, &trk->bitmaps, node) {
 		if (!READ_ONCE(b->enabled) ||
 		    !ptb_bitmap_range(b, sector, sectors, &first, &last))
 			continue;
-		succ = rcu_dereference(b->succ);
+		succ = rcu_dereference_sched(b->succ);
 		if (succ)
 			ptb_bits_set(succ, first, last);
 		if (b->slot < 0) {
@@ -167,7 +168,7 @@ bool ptb_bitmaps_mark(struct ptb_tracking *trk, struct bio *bio)
 	/* After a metadata failure (bitmaps_lost) writes no longer wait. */
 	if (persistent && !atomic_read(&trk->bitmaps_lost))
 		wait = !ptb_intent_held(trk, sector, sectors);
-	rcu_read_unlock();
+	rcu_read_unlock_sched();
 	return wait;
 }
 

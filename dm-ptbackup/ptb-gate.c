@@ -17,10 +17,13 @@
 /*
  * Count a write as in flight on this CPU's counter, so the write path
  * touches no cache line that other CPUs write.  The check of the hold
- * flag and the count are one RCU read section: a hold, which raises the
- * flag and then waits for a grace period, either sees the count or the
- * write sees the flag.  Returns false if writes are being held: the bio
- * then sits on the held list until ptb_release_writes().
+ * flag and the count are one RCU read section with preemption off (an
+ * RCU-sched section, which synchronize_rcu_expedited() waits for as it
+ * does for rcu_read_lock(), and which costs the write path no call): a
+ * hold, which raises the flag and then waits for a grace period, either
+ * sees the count or the write sees the flag.  Returns false if writes are
+ * being held: the bio then sits on the held list until
+ * ptb_release_writes().
  */
 bool ptb_account_write(struct ptb_gate *g, struct ptb_bio *pb,
 		       struct bio *bio)
@@ -29,15 +32,15 @@ bool ptb_account_write(struct ptb_gate *g, struct ptb_bio *pb,
 	bool held;
 
 	for (;;) {
-		rcu_read_lock();
+		rcu_read_lock_sched();
 		/* Acquire: a lifted hold means the new image is published. */
 		if (likely(!smp_load_acquire(&g->hold_writes))) {
 			this_cpu_inc(*g->writes);
-			rcu_read_unlock();
+			rcu_read_unlock_sched();
 			pb->counted = true;
 			return true;
 		}
-		rcu_read_unlock();
+		rcu_read_unlock_sched();
 		spin_lock_irqsave(&g->lock, flags);
 		/* Re-check under the lock: the hold may have just been lifted. */
 		held = g->hold_writes;
@@ -61,7 +64,7 @@ void ptb_write_done(struct ptb_gate *g, struct ptb_bio *pb)
 	if (!pb->counted)
 		return;
 	pb->counted = false;
-	rcu_read_lock();
+	rcu_read_lock_sched();
 	if (likely(!READ_ONCE(g->hold_writes))) {
 		this_cpu_dec(*g->writes);
 	} else {
@@ -70,7 +73,7 @@ void ptb_write_done(struct ptb_gate *g, struct ptb_bio *pb)
 		this_cpu_dec(*g->writes);
 		wake_up(&g->drain_wait);
 	}
-	rcu_read_unlock();
+	rcu_read_unlock_sched();
 }
 
 /*

@@ -22,7 +22,7 @@ cp dm-ptbackup.ko "$work/ko/b.ko"
 bash tests/vm/run-vm.sh --kver "$kver" --timeout 3600 --mem 2048 --smp 2 --outdir bench/out-ab \
 	--env AB_A_KO="$work/ko/a.ko" --env AB_B_KO="$work/ko/b.ko" \
 	--env AB_A_NAME="$old (atomic counter)" \
-	--env AB_B_NAME="$(git describe --always --dirty) (percpu_ref)" \
+	--env AB_B_NAME="$(git describe --always --dirty) (per-CPU counters)" \
 	--env BENCH_ROUNDS="${BENCH_ROUNDS:-5}" --env BENCH_SECS="${BENCH_SECS:-8}" \
 	-- tests/bench/write-ab.sh
 cp bench/out-ab/write-ab.json bench/write-ab.json
