@@ -160,9 +160,11 @@ klog_ns() {
 klog_follow() {
 	local wchan=0 i
 	coproc KLOG { exec dmesg --follow-new; }
-	for ((i = 0; i < 50 && wchan == 0; i++)); do
+	# wchan is 0 while the process runs, the name of its wait once it sleeps.
+	for ((i = 0; i < 50; i++)); do
 		sleep 0.1
 		read -r wchan < "/proc/$KLOG_PID/wchan" || break
+		[ "$wchan" != 0 ] && break
 	done
 }
 
