@@ -16,20 +16,6 @@
 
 #include "compat-gen.h"
 
-#ifndef module_dm
-#define module_dm(name)						\
-static int __init dm_##name##_init(void)			\
-{								\
-	return dm_register_target(&name##_target);		\
-}								\
-module_init(dm_##name##_init)					\
-static void __exit dm_##name##_exit(void)			\
-{								\
-	dm_unregister_target(&name##_target);			\
-}								\
-module_exit(dm_##name##_exit)
-#endif
-
 static inline int ptb_dm_io(struct dm_io_request *req, unsigned int num_regions,
 			    struct dm_io_region *where)
 {

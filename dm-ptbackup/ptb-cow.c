@@ -25,79 +25,12 @@
 #include <linux/vmalloc.h>
 
 #include "ptb-cow.h"
+#include "ptb-cow-internal.h"
 
 #define DM_MSG_PREFIX "ptbackup"
 
 #define PTB_COPY_POOL_SIZE	16
 #define PTB_ENOMEM_RETRY	(HZ / 50)
-
-enum ptb_copy_stage {
-	PTB_COPY_QUEUED,	/* waiting for a slot buffer */
-	PTB_COPY_READING,	/* reading the origin */
-	PTB_COPY_WRITING,	/* writing the target */
-};
-
-/* A copy's entry in the copy table for one of the chunks it covers. */
-struct ptb_copy_key {
-	struct hlist_node hnode;	/* cow->copies */
-	struct ptb_copy *copy;
-	unsigned long chunk;
-};
-
-/* A chunk saved in part: which of its blocks are on the target. */
-struct ptb_partial {
-	struct hlist_node hnode;	/* img->partial_table (RCU) */
-	unsigned long chunk;
-	unsigned long saved;		/* bit b: block b of the chunk */
-	struct ptb_partial *next_free;	/* img's free entries, oldest first */
-	unsigned long gp_cookie;	/* when it was freed (RCU state) */
-};
-
-/*
- * One copy: some blocks of one chunk (a write's copy-before-write), or nr
- * adjacent chunks (up to PTB_RUN_MAX_CHUNKS, the background sweep), read
- * with one I/O into adjacent slot buffers and written in pieces, leaving
- * out the blocks saved before.
- */
-struct ptb_copy {
-	struct ptb_copy_key keys[PTB_RUN_MAX_CHUNKS];
-	struct list_head list;		/* img->slot_waiters or cow->completed_copies */
-	struct ptb_image *img;
-	unsigned long chunk;		/* the first */
-	unsigned int nr;
-	unsigned int slot;		/* the first slot buffer */
-	sector_t sector;
-	sector_t len;
-	void *buf;
-	struct bio_list waiters;	/* writes waiting for this copy */
-	enum ptb_copy_stage stage;
-	int error;
-	/* Blocks, from the copy's first one: block0 of its first chunk. */
-	unsigned int block0;
-	unsigned int nr_blocks;
-	DECLARE_BITMAP(todo, PTB_COPY_MAX_BLOCKS);	/* not saved before */
-	DECLARE_BITMAP(zero_blocks, PTB_COPY_MAX_BLOCKS); /* in all-zero chunks */
-	struct ptb_partial *partial;	/* the chunk's entry: a write's copy */
-	unsigned int wpos;	/* the piece being written: blocks wpos.. */
-	unsigned int wlen;	/* ..wpos + wlen */
-	sector_t written;	/* sectors written so far */
-	sector_t zero_len;	/* of them, zeroes */
-	bool zero;		/* the piece is all zeroes */
-	bool write_zeroes;	/* the piece's write is a write-zeroes */
-};
-
-/*
- * Images are freed only after the worker has been flushed
- * (ptb_image_unpublish()), so the worker may walk the image list without
- * holding rcu_read_lock() across the sleeps of I/O submission.
- */
-static inline bool __maybe_unused ptb_in_worker(struct ptb_cow *cow)
-{
-	return current_work() == &cow->worker;
-}
-
-#define for_each_image_in_worker(img, cow) \
-	list_for_each_entry_rcu(img, &(cow)->images, node, ptb_in_worker(cow))
 
 /*----------------------------------------------------------------*/
 
@@ -133,8 +66,8 @@ static struct hlist_head *ptb_partial_head(const struct ptb_image *img,
 }
 
 /* Worker, or any context under rcu_read_lock(). */
-static struct ptb_partial *ptb_partial_find(const struct ptb_image *img,
-					    unsigned long chunk)
+struct ptb_partial *ptb_partial_find(const struct ptb_image *img,
+				     unsigned long chunk)
 {
 	struct ptb_partial *p;
 
@@ -201,8 +134,8 @@ static void ptb_partial_free(struct ptb_image *img, struct ptb_partial *p)
  * The blocks of chunk that [sector, end) covers and that img has not
  * saved yet, as a mask (bit 0: the chunk's first block).
  */
-static unsigned long ptb_blocks_needed(const struct ptb_image *img,
-				       unsigned long chunk, sector_t sector, sector_t end)
+unsigned long ptb_blocks_needed(const struct ptb_image *img,
+				unsigned long chunk, sector_t sector, sector_t end)
 {
 	sector_t start = (sector_t)chunk << img->chunk_shift;
 	struct ptb_partial *p = ptb_partial_find(img, chunk);
@@ -281,6 +214,7 @@ int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,
 	img->dev_sectors = dev_sectors;
 	img->nr_chunks = DIV_ROUND_UP_SECTOR_T(dev_sectors, (sector_t)1 << chunk_shift);
 	INIT_LIST_HEAD(&img->slot_waiters);
+	atomic_set(&img->reads_in_flight, 0);
 	img->done = kvcalloc(BITS_TO_LONGS(img->nr_chunks), sizeof(long), GFP_KERNEL);
 	img->slot_used = bitmap_zalloc(nr_slots, GFP_KERNEL);
 	/* One area: a run of chunks reads into adjacent slots. */
@@ -430,7 +364,7 @@ static unsigned long ptb_copy_key(const struct ptb_image *img, unsigned long chu
 	return chunk ^ hash_ptr(img, BITS_PER_LONG);
 }
 
-static struct ptb_copy *ptb_copy_find(struct ptb_image *img, unsigned long chunk)
+struct ptb_copy *ptb_copy_find(struct ptb_image *img, unsigned long chunk)
 {
 	struct ptb_cow *cow = img->cow;
 	struct ptb_copy_key *k;
@@ -744,7 +678,7 @@ int ptb_copy_start_run(struct ptb_image *img, unsigned long chunk,
 	return 0;
 }
 
-static void ptb_requeue_bios(struct ptb_cow *cow, struct bio_list *bios)
+void ptb_requeue_bios(struct ptb_cow *cow, struct bio_list *bios)
 {
 	unsigned long flags;
 
@@ -785,12 +719,19 @@ static void ptb_copy_finish(struct ptb_copy *c)
 	}
 }
 
-static void ptb_fail_bios(struct bio_list *bios)
+/* Fail the writes of bios; the reads stay to go back through the check. */
+static void ptb_fail_writes(struct bio_list *bios)
 {
+	struct bio_list reads = BIO_EMPTY_LIST;
 	struct bio *bio;
 
-	while ((bio = bio_list_pop(bios)))
-		bio_io_error(bio);
+	while ((bio = bio_list_pop(bios))) {
+		if (bio_op(bio) == REQ_OP_READ)
+			bio_list_add(&reads, bio);
+		else
+			bio_io_error(bio);
+	}
+	*bios = reads;
 }
 
 /*
@@ -806,7 +747,7 @@ static void ptb_copy_failed(struct ptb_copy *c, enum ptb_error_site site)
 	if (c->partial && !c->partial->saved)
 		ptb_partial_free(img, c->partial);
 	if (img->ops->failed(img, c->chunk, site, c->error, waits))
-		ptb_fail_bios(&c->waiters);
+		ptb_fail_writes(&c->waiters);
 	ptb_copy_finish(c);
 }
 
@@ -835,6 +776,23 @@ static void ptb_copy_saved(struct ptb_copy *c)
 	}
 }
 
+/*
+ * Every piece is on the target.  Once no read of the origin is in flight
+ * in the copy's chunks (ptb-read.c), mark the blocks saved, tell the
+ * owner and let the writes waiting for the copy go.
+ */
+static void ptb_copy_complete(struct ptb_copy *c)
+{
+	struct ptb_image *img = c->img;
+
+	if (ptb_copy_must_drain(c))
+		return;
+	ptb_copy_saved(c);
+	if (c->written)
+		img->ops->copied(img, c->written, c->zero_len);
+	ptb_copy_finish(c);
+}
+
 /* A piece is on the target: write the next one, or finish. */
 static void ptb_copy_written(struct ptb_copy *c)
 {
@@ -851,9 +809,7 @@ static void ptb_copy_written(struct ptb_copy *c)
 		ptb_copy_write(c);
 		return;
 	}
-	ptb_copy_saved(c);
-	img->ops->copied(img, c->written, c->zero_len);
-	ptb_copy_finish(c);
+	ptb_copy_complete(c);
 }
 
 /* The old data is in the buffer: write the first piece. */
@@ -864,8 +820,7 @@ static void ptb_copy_have_data(struct ptb_copy *c)
 		ptb_copy_write(c);
 		return;
 	}
-	ptb_copy_saved(c);
-	ptb_copy_finish(c);
+	ptb_copy_complete(c);
 }
 
 static void ptb_copy_advance(struct ptb_copy *c)
@@ -890,6 +845,9 @@ static void ptb_copy_advance(struct ptb_copy *c)
 		} else {
 			ptb_copy_written(c);
 		}
+		break;
+	case PTB_COPY_DRAINING:
+		ptb_copy_complete(c);
 		break;
 	default:
 		WARN_ON_ONCE(1);
@@ -963,7 +921,8 @@ static bool ptb_process_deferred(struct ptb_cow *cow, struct bio_list *bios)
 	struct bio *bio;
 
 	while ((bio = bio_list_pop(bios))) {
-		if (!ptb_handle_write(cow, bio))
+		if (bio_op(bio) == REQ_OP_READ ? !ptb_handle_read(cow, bio) :
+		    !ptb_handle_write(cow, bio))
 			bio_list_add(&retry, bio);
 	}
 	if (bio_list_empty(&retry))
@@ -1031,6 +990,7 @@ int ptb_cow_init(struct ptb_cow *cow, const char *name,
 	atomic_set(&cow->io_in_flight, 0);
 	init_waitqueue_head(&cow->io_idle);
 	hash_init(cow->copies);
+	hash_init(cow->guards);
 	INIT_WORK(&cow->worker, ptb_do_worker);
 	INIT_DELAYED_WORK(&cow->waker, ptb_do_waker);
 
@@ -1068,6 +1028,7 @@ void ptb_cow_exit(struct ptb_cow *cow)
 	cancel_delayed_work_sync(&cow->waker);
 	destroy_workqueue(cow->wq);
 	WARN_ON_ONCE(!hash_empty(cow->copies));
+	WARN_ON_ONCE(!hash_empty(cow->guards));
 	WARN_ON_ONCE(!bio_list_empty(&cow->deferred_bios));
 	dm_io_client_destroy(cow->io_client);
 	mempool_exit(&cow->copy_pool);

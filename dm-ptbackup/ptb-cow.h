@@ -40,6 +40,9 @@ struct ptb_image;
 #define PTB_PARTIAL_HASH_BITS	10
 
 struct ptb_partial;
+struct ptb_read_guard;
+
+#define PTB_GUARD_HASH_BITS	6
 
 /*
  * The engine of one device: its images, the writes deferred to the
@@ -67,6 +70,8 @@ struct ptb_cow {
 	struct dm_io_client *io_client;
 	mempool_t copy_pool;
 	DECLARE_HASHTABLE(copies, PTB_COPY_HASH_BITS);	/* worker only */
+	DECLARE_HASHTABLE(guards, PTB_GUARD_HASH_BITS);	/* read guards; lock */
+	unsigned int nr_guards;		/* lock; only the worker adds one */
 };
 
 struct ptb_image_ops {
@@ -112,6 +117,13 @@ struct ptb_image {
 	bool no_write_zeroes;		/* the target rejected write-zeroes */
 
 	/*
+	 * Reads of the image (a view's) submitted to the origin or the
+	 * target and not yet ended: the owner releases the target only
+	 * once there are none.
+	 */
+	atomic_t reads_in_flight;
+
+	/*
 	 * The chunks saved in part (none if a chunk is one block): the map
 	 * path reads the table under RCU; the rest is the worker's.
 	 */
@@ -123,6 +135,29 @@ struct ptb_image {
 	struct ptb_partial *free_head;	/* free entries, oldest first */
 	struct ptb_partial *free_tail;
 };
+
+/*
+ * A read of an image at its point in time, by a view: the per-bio data
+ * of its bio, which the view's target reserves (per_io_data_size).  The
+ * blocks saved are read from the image's target, the others from the
+ * origin, under a guard that holds back a copy of their chunk (and so
+ * the writes waiting for it) until the read has ended.
+ */
+struct ptb_read {
+	struct ptb_image *img;
+	struct bio_set *bs;		/* splits a read of saved and unsaved blocks */
+	struct ptb_read_guard *guard;	/* the chunk's, if it reads the origin */
+	bool submitted;			/* in img->reads_in_flight */
+};
+
+/*
+ * ptb-read.c.  The read must lie in one chunk of the image.  Map path,
+ * any context: queue it to the worker.  The view's end_io: end it; the
+ * read fails if the image stopped being protected meanwhile.
+ */
+void ptb_image_read(struct ptb_image *img, struct bio *bio, struct bio_set *bs);
+void ptb_image_read_end(struct bio *bio, blk_status_t *error);
+bool ptb_image_reads_idle(struct ptb_image *img);		/* any context */
 
 /* Process context, may sleep; the image is not yet published. */
 int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,

@@ -115,19 +115,62 @@ bad_gate:
 	return NULL;
 }
 
-static void ptb_device_destroy(struct ptb_device *pd)
+/* The last table is going: no job runs on, the metadata is closed. */
+static void ptb_device_shutdown(struct ptb_device *pd)
 {
 	mutex_lock(&pd->lock);
-	ptb_jobs_destroy(pd);
+	ptb_jobs_cancel(pd);
 	mutex_unlock(&pd->lock);
 	ptb_bitmaps_exit(&pd->trk);
 	if (pd->trk.pmd)
 		ptb_metadata_close(pd->trk.pmd);
+	pd->trk.pmd = NULL;
+}
+
+/* Nothing holds the object any more. */
+static void ptb_device_free(struct ptb_device *pd)
+{
+	mutex_lock(&pd->lock);
+	ptb_jobs_destroy(pd);
+	mutex_unlock(&pd->lock);
 	ptb_cow_exit(&pd->cow);
 	mutex_destroy(&pd->lock);
 	mutex_destroy(&pd->event_lock);
 	ptb_gate_exit(&pd->gate);
 	kfree(pd);
+}
+
+static void ptb_device_destroy(struct ptb_device *pd)
+{
+	ptb_device_shutdown(pd);
+	ptb_device_free(pd);
+}
+
+struct ptb_device *ptb_device_get(dev_t dev)
+{
+	struct ptb_device *pd, *found = NULL;
+
+	mutex_lock(&ptb_devices_lock);
+	list_for_each_entry(pd, &ptb_devices, node) {
+		if (disk_devt(dm_disk(pd->md)) == dev) {
+			found = pd;
+			pd->nr_views++;
+			break;
+		}
+	}
+	mutex_unlock(&ptb_devices_lock);
+	return found;
+}
+
+void ptb_device_put(struct ptb_device *pd)
+{
+	bool last;
+
+	mutex_lock(&ptb_devices_lock);
+	last = !--pd->nr_views && !pd->nr_targets;
+	mutex_unlock(&ptb_devices_lock);
+	if (last)
+		ptb_device_free(pd);
 }
 
 /*
@@ -338,12 +381,16 @@ void ptb_device_detach(struct ptb_target *pt)
 		mutex_lock(&ptb_metadata_lock);
 	mutex_lock(&ptb_devices_lock);
 	last = !--pd->nr_targets;
-	if (last)
+	if (last) {
 		list_del(&pd->node);
+		pd->nr_views++;		/* held until the shutdown is over */
+	}
 	mutex_unlock(&ptb_devices_lock);
 
-	if (last)
-		ptb_device_destroy(pd);
+	if (last) {
+		ptb_device_shutdown(pd);
+		ptb_device_put(pd);
+	}
 	if (closing_md)
 		mutex_unlock(&ptb_metadata_lock);
 }

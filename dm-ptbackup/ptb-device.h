@@ -44,6 +44,12 @@ struct ptb_device {
 	/* Raise a device-mapper event (may sleep). */
 	void (*notify)(struct ptb_device *pd);
 	unsigned int nr_targets;	/* table instances, under ptb_devices_lock */
+	/*
+	 * Views holding the object, under ptb_devices_lock.  Once the last
+	 * table has gone, the jobs are cancelled and the metadata closed;
+	 * the object (jobs, copy engine) stays until the last view goes.
+	 */
+	unsigned int nr_views;
 	struct ptb_target *live;	/* instance that gets events; event_lock */
 	struct mutex event_lock;
 
@@ -82,6 +88,9 @@ static inline const char *ptb_device_name(struct ptb_device *pd)
 int ptb_device_attach(struct ptb_target *pt, const struct ptb_write_ops *ops,
 		      char **error);
 void ptb_device_detach(struct ptb_target *pt);
+/* A view's hold on the ptbackup device of block device dev; NULL: none. */
+struct ptb_device *ptb_device_get(dev_t dev);
+void ptb_device_put(struct ptb_device *pd);
 void ptb_device_presuspend(struct ptb_device *pd);
 void ptb_device_presuspend_undo(struct ptb_device *pd);
 void ptb_device_postsuspend(struct ptb_device *pd);

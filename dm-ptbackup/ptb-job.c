@@ -726,7 +726,8 @@ static void ptb_job_service_ending(struct ptb_job *job, enum ptb_job_state state
 		[PTB_JOB_FAILING] = PTB_JOB_FAILED,
 	};
 
-	if (job->img.copies_in_flight || READ_ONCE(job->flush_result) == 1)
+	if (job->img.copies_in_flight || READ_ONCE(job->flush_result) == 1 ||
+	    !ptb_image_reads_idle(&job->img))
 		return;
 	if (READ_ONCE(job->bitmap)) {
 		/*
@@ -889,11 +890,55 @@ static void ptb_job_remove(struct ptb_job *job)
 
 int ptb_job_dismiss(struct ptb_job *job)
 {
-	if (ptb_job_active(job))
+	if (ptb_job_active(job) || job->nr_views)
 		return -EBUSY;
 	wait_for_completion(&job->finished);
 	ptb_job_remove(job);
 	return 0;
+}
+
+/*
+ * A view opens on a running or paused job that saves the image at its
+ * point in time: sync=full or sync=none.  (An incremental job's target
+ * holds only the chunks its bitmap selected.)
+ */
+int ptb_job_open_view(struct ptb_device *pd, const char *id, struct ptb_job **jobp,
+		      char **error)
+{
+	struct ptb_job *job = ptb_job_find(pd, id);
+
+	if (!job) {
+		*error = "No job of that name on the ptbackup device";
+		return -ENOENT;
+	}
+	if (!ptb_job_active(job)) {
+		*error = "The job has ended: a view needs a running or paused job";
+		return -EINVAL;
+	}
+	if (job->sync == PTB_SYNC_INCREMENTAL) {
+		*error = "A view needs a sync=none or sync=full job: an incremental job's target holds only changed chunks";
+		return -EINVAL;
+	}
+	job->nr_views++;
+	*jobp = job;
+	return 0;
+}
+
+void ptb_job_close_view(struct ptb_job *job)
+{
+	lockdep_assert_held(&job->pd->lock);
+	job->nr_views--;
+}
+
+/* The device's last table is going: cancel every job, wait for each. */
+void ptb_jobs_cancel(struct ptb_device *pd)
+{
+	struct ptb_job *job;
+
+	lockdep_assert_held(&pd->lock);
+	list_for_each_entry(job, &pd->jobs, node)
+		if (ptb_job_cancel(job))
+			wait_for_completion(&job->finished);
 }
 
 /* The device is going away: cancel and free every job. */

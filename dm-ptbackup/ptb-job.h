@@ -112,6 +112,7 @@ struct ptb_job {
 	int last_error;
 
 	struct completion finished;	/* released after a final state */
+	unsigned int nr_views;		/* views open on it; pd->lock */
 };
 
 struct ptb_job *ptb_job_find(struct ptb_device *pd, const char *id);
@@ -119,6 +120,10 @@ int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p);
 int ptb_job_check_target(struct ptb_target *pt, const char *id,
 			 const char *path);
 int ptb_job_dismiss(struct ptb_job *job);
+int ptb_job_open_view(struct ptb_device *pd, const char *id, struct ptb_job **jobp,
+		      char **error);
+void ptb_job_close_view(struct ptb_job *job);
+void ptb_jobs_cancel(struct ptb_device *pd);
 void ptb_jobs_destroy(struct ptb_device *pd);
 bool ptb_job_released(const struct ptb_job *job);		/* any context */
 void ptb_job_undo_start(struct ptb_job *job);		/* write hold owned */

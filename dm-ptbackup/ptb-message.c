@@ -316,6 +316,11 @@ static int ptb_msg_job_dismiss(struct ptb_target *pt, unsigned int argc,
 {
 	struct ptb_job *job = ptb_msg_find_job(pt, "dismiss", argv[0]);
 
+	if (job && job->nr_views) {
+		DMERR("%s: job dismiss %s: %u view(s) of the job are open: remove them first",
+		      ptb_device_name(pt->pd), job->id, job->nr_views);
+		return -EBUSY;
+	}
 	return job ? ptb_msg_job_result(pt, "dismiss", job, ptb_job_dismiss(job)) : -ENOENT;
 }
 

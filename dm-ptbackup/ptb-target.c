@@ -24,6 +24,7 @@
 #include "ptb-job.h"
 #include "ptb-message.h"
 #include "ptb-metadata.h"
+#include "ptb-view.h"
 
 #define DM_MSG_PREFIX "ptbackup"
 
@@ -431,7 +432,27 @@ static struct target_type ptbackup_target = {
 	.message = ptb_message_hook,
 	.iterate_devices = ptb_iterate_devices,
 };
-module_dm(ptbackup);
+
+static int __init dm_ptbackup_init(void)
+{
+	int r = dm_register_target(&ptbackup_target);
+
+	if (r)
+		return r;
+	r = dm_register_target(&ptbackup_view_target);
+	if (r)
+		dm_unregister_target(&ptbackup_target);
+	return r;
+}
+
+static void __exit dm_ptbackup_exit(void)
+{
+	dm_unregister_target(&ptbackup_view_target);
+	dm_unregister_target(&ptbackup_target);
+}
+
+module_init(dm_ptbackup_init);
+module_exit(dm_ptbackup_exit);
 
 MODULE_DESCRIPTION(DM_NAME " point-in-time backup target");
 MODULE_AUTHOR("The dm-ptbackup developers");

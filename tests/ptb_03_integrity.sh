@@ -7,17 +7,6 @@
 need_root
 need_cmd dmsetup fio
 
-FIO_PID=
-
-start_fio() {	# start_fio DEV: random writes of mixed sizes plus random trims
-	fio --output=/dev/null --filename="$1" --direct=1 --time_based --runtime=900 \
-		--name=w --ioengine=psync --rw=randwrite --bsrange=512-192k \
-		--name=t --ioengine=psync --rw=randtrim --bsrange=4k-512k --rate_iops=50 &
-	FIO_PID=$!
-	tap_on_exit kill $FIO_PID
-	sleep 1
-}
-
 # wait_for_writes DEV: poll (60 s) until the device has completed writes.
 wait_for_writes() {
 	local stat i

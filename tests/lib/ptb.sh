@@ -108,3 +108,15 @@ fill_random() {
 sha_sectors() {
 	sha_dev "$1" $(($2 * 512))
 }
+
+# start_fio DEV: fio in the background, random writes of mixed sizes plus
+# random trims, for 15 minutes or until killed (FIO_PID; killed at exit).
+FIO_PID=
+start_fio() {
+	fio --output=/dev/null --filename="$1" --direct=1 --time_based --runtime=900 \
+		--name=w --ioengine=psync --rw=randwrite --bsrange=512-192k \
+		--name=t --ioengine=psync --rw=randtrim --bsrange=4k-512k --rate_iops=50 &
+	FIO_PID=$!
+	tap_on_exit kill $FIO_PID
+	sleep 1
+}
