@@ -26,6 +26,13 @@ static inline int ptb_dm_io(struct dm_io_request *req, unsigned int num_regions,
 #endif
 }
 
+/* A table's open mode without write access. */
+#ifdef BLK_OPEN_WRITE
+#define ptb_mode_read_only(mode)	((mode) & ~BLK_OPEN_WRITE)
+#else
+#define ptb_mode_read_only(mode)	((mode) & ~FMODE_WRITE)
+#endif
+
 /* A block device opened read-write and exclusively, by path. */
 struct ptb_bdev {
 	struct block_device *bdev;

@@ -89,9 +89,11 @@ unsigned long ptb_blocks_needed(const struct ptb_image *img, unsigned long chunk
 				sector_t sector, sector_t end);
 struct ptb_copy *ptb_copy_find(struct ptb_image *img, unsigned long chunk);
 void ptb_requeue_bios(struct ptb_cow *cow, struct bio_list *bios);	/* any context */
+void ptb_partial_free(struct ptb_image *img, struct ptb_partial *p);
 
 /* ptb-read.c */
 bool ptb_handle_read(struct ptb_cow *cow, struct bio *bio);
 bool ptb_copy_must_drain(struct ptb_copy *c);
+bool ptb_process_view_discards(struct ptb_cow *cow, struct bio_list *bios);
 
 #endif /* DM_PTBACKUP_COW_INTERNAL_H */

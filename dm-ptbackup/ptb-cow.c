@@ -123,7 +123,7 @@ static void ptb_partial_add_free(struct ptb_image *img, struct ptb_partial *p)
 	img->free_tail = p;
 }
 
-static void ptb_partial_free(struct ptb_image *img, struct ptb_partial *p)
+void ptb_partial_free(struct ptb_image *img, struct ptb_partial *p)
 {
 	hlist_del_rcu(&p->hnode);
 	WRITE_ONCE(img->nr_partials, img->nr_partials - 1);
@@ -209,6 +209,7 @@ int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,
 	img->ops = ops;
 	img->name = name;
 	img->protected = true;
+	img->readable = true;
 	img->chunk_shift = chunk_shift;
 	img->block_shift = min(block_shift, chunk_shift);
 	img->dev_sectors = dev_sectors;
@@ -248,6 +249,8 @@ void ptb_image_exit(struct ptb_image *img)
 	ptb_image_free_buffers(img);
 	vfree(img->partial_area);
 	img->partial_area = NULL;
+	kvfree(img->released);
+	img->released = NULL;
 	kvfree(img->done);
 	img->done = NULL;
 }
@@ -690,23 +693,18 @@ void ptb_requeue_bios(struct ptb_cow *cow, struct bio_list *bios)
 	bio_list_init(bios);
 }
 
-static void ptb_copy_finish(struct ptb_copy *c)
+/* The copy's slot buffers are free again: start copies waiting for one. */
+static void ptb_copy_put_slots(struct ptb_copy *c)
 {
 	struct ptb_image *img = c->img;
-	struct ptb_cow *cow = img->cow;
 	struct ptb_copy *next;
 	unsigned int slot;
 
-	ptb_copy_unhash(c);
-	ptb_requeue_bios(cow, &c->waiters);
-
-	if (c->buf) {
-		bitmap_clear(img->slot_used, c->slot, c->nr);
-		img->free_slots += c->nr;
-	}
-	img->copies_in_flight--;
-	mempool_free(c, &cow->copy_pool);
-	ptb_io_end(cow);
+	if (!c->buf)
+		return;
+	bitmap_clear(img->slot_used, c->slot, c->nr);
+	img->free_slots += c->nr;
+	c->buf = NULL;
 
 	/* Waiters are single chunks: each takes one slot. */
 	while ((next = list_first_entry_or_null(&img->slot_waiters,
@@ -717,6 +715,19 @@ static void ptb_copy_finish(struct ptb_copy *c)
 		list_del(&next->list);
 		ptb_copy_read(next, slot);
 	}
+}
+
+static void ptb_copy_finish(struct ptb_copy *c)
+{
+	struct ptb_image *img = c->img;
+	struct ptb_cow *cow = img->cow;
+
+	ptb_copy_unhash(c);
+	ptb_requeue_bios(cow, &c->waiters);
+	ptb_copy_put_slots(c);
+	img->copies_in_flight--;
+	mempool_free(c, &cow->copy_pool);
+	ptb_io_end(cow);
 }
 
 /* Fail the writes of bios; the reads stay to go back through the check. */
@@ -739,10 +750,21 @@ static void ptb_fail_writes(struct bio_list *bios)
  * A background run failed as a whole: the writes waiting for it go back
  * through the check and get copies of their own chunks.
  */
+static bool ptb_writes_wait(struct bio_list *bios)
+{
+	struct bio *bio;
+
+	bio_list_for_each(bio, bios)
+		if (bio_op(bio) != REQ_OP_READ)
+			return true;
+	return false;
+}
+
 static void ptb_copy_failed(struct ptb_copy *c, enum ptb_error_site site)
 {
 	struct ptb_image *img = c->img;
-	bool waits = c->nr == 1 && !bio_list_empty(&c->waiters);
+	/* Views' reads parked on the copy are not writes waiting for it. */
+	bool waits = c->nr == 1 && ptb_writes_wait(&c->waiters);
 
 	if (c->partial && !c->partial->saved)
 		ptb_partial_free(img, c->partial);
@@ -785,8 +807,11 @@ static void ptb_copy_complete(struct ptb_copy *c)
 {
 	struct ptb_image *img = c->img;
 
-	if (ptb_copy_must_drain(c))
+	if (ptb_copy_must_drain(c)) {
+		/* Its data is on the target: the buffers may serve others. */
+		ptb_copy_put_slots(c);
 		return;
+	}
 	ptb_copy_saved(c);
 	if (c->written)
 		img->ops->copied(img, c->written, c->zero_len);
@@ -935,21 +960,25 @@ void ptb_do_worker(struct work_struct *ws)
 {
 	struct ptb_cow *cow = container_of(ws, struct ptb_cow, worker);
 	unsigned long wake = 0, delay;
-	struct bio_list bios;
+	struct bio_list bios, discards;
 	LIST_HEAD(done);
 	struct ptb_image *img;
+	bool retry;
 
 	for (;;) {
 		spin_lock_irq(&cow->lock);
 		list_splice_init(&cow->completed_copies, &done);
 		bios = cow->deferred_bios;
 		bio_list_init(&cow->deferred_bios);
+		discards = cow->view_discards;
+		bio_list_init(&cow->view_discards);
 		spin_unlock_irq(&cow->lock);
 
-		if (list_empty(&done) && bio_list_empty(&bios))
+		if (list_empty(&done) && bio_list_empty(&bios) && bio_list_empty(&discards))
 			break;
 		ptb_process_completed(cow, &done);
-		if (ptb_process_deferred(cow, &bios)) {
+		retry = ptb_process_view_discards(cow, &discards);
+		if (ptb_process_deferred(cow, &bios) || retry) {
 			wake = PTB_ENOMEM_RETRY;
 			break;
 		}
@@ -986,6 +1015,7 @@ int ptb_cow_init(struct ptb_cow *cow, const char *name,
 	INIT_LIST_HEAD(&cow->images);
 	spin_lock_init(&cow->lock);
 	bio_list_init(&cow->deferred_bios);
+	bio_list_init(&cow->view_discards);
 	INIT_LIST_HEAD(&cow->completed_copies);
 	atomic_set(&cow->io_in_flight, 0);
 	init_waitqueue_head(&cow->io_idle);
@@ -1030,6 +1060,7 @@ void ptb_cow_exit(struct ptb_cow *cow)
 	WARN_ON_ONCE(!hash_empty(cow->copies));
 	WARN_ON_ONCE(!hash_empty(cow->guards));
 	WARN_ON_ONCE(!bio_list_empty(&cow->deferred_bios));
+	WARN_ON_ONCE(!bio_list_empty(&cow->view_discards));
 	dm_io_client_destroy(cow->io_client);
 	mempool_exit(&cow->copy_pool);
 }

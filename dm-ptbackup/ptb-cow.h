@@ -57,6 +57,7 @@ struct ptb_cow {
 
 	spinlock_t lock;		/* the two lists below; irq-safe */
 	struct bio_list deferred_bios;	/* writes to check against the images */
+	struct bio_list view_discards;	/* views' discards: chunks to release */
 	struct list_head completed_copies;
 
 	/* Copies and final flushes in flight; a suspend waits for none. */
@@ -122,6 +123,19 @@ struct ptb_image {
 	 * once there are none.
 	 */
 	atomic_t reads_in_flight;
+	/*
+	 * Views may read the image: the owner clears it before it lets go
+	 * of the target (READ_ONCE).  Reads admitted before end normally
+	 * but fail if the image stopped being protected meanwhile.
+	 */
+	bool readable;
+	/*
+	 * The chunks a view's reader released (discarded): no longer
+	 * protected, their reads fail.  Allocated when the first view
+	 * opens; the worker alone sets bits.
+	 */
+	unsigned long *released;
+	unsigned long nr_released;	/* READ_ONCE */
 
 	/*
 	 * The chunks saved in part (none if a chunk is one block): the map
@@ -156,8 +170,17 @@ struct ptb_read {
  * read fails if the image stopped being protected meanwhile.
  */
 void ptb_image_read(struct ptb_image *img, struct bio *bio, struct bio_set *bs);
+/*
+ * A view's discard, at most PTB_RUN_MAX_CHUNKS chunks (any context): the
+ * chunks it covers whole are released.  Process context, before the
+ * first: ptb_image_enable_release().
+ */
+void ptb_image_discard(struct ptb_image *img, struct bio *bio);
+int ptb_image_enable_release(struct ptb_image *img);
+unsigned long ptb_image_nr_released(const struct ptb_image *img);	/* any context */
 void ptb_image_read_end(struct bio *bio, blk_status_t *error);
 bool ptb_image_reads_idle(struct ptb_image *img);		/* any context */
+void ptb_image_set_readable(struct ptb_image *img, bool readable); /* any context */
 
 /* Process context, may sleep; the image is not yet published. */
 int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,

@@ -128,6 +128,7 @@ static bool ptb_job_transition(struct ptb_job *job, unsigned long from_mask,
 
 	if (!(BIT(to) & PTB_ACTIVE_STATES))
 		ptb_image_unprotect(&job->img);
+	ptb_image_set_readable(&job->img, to == PTB_JOB_RUNNING || to == PTB_JOB_PAUSED);
 	if (strcmp(ptb_state_names[old], ptb_state_names[to]))
 		job->pd->notify(job->pd);
 	if (!(BIT(to) & PTB_ACTIVE_STATES) || to == PTB_JOB_HANDING_OVER)
@@ -726,8 +727,7 @@ static void ptb_job_service_ending(struct ptb_job *job, enum ptb_job_state state
 		[PTB_JOB_FAILING] = PTB_JOB_FAILED,
 	};
 
-	if (job->img.copies_in_flight || READ_ONCE(job->flush_result) == 1 ||
-	    !ptb_image_reads_idle(&job->img))
+	if (job->img.copies_in_flight || READ_ONCE(job->flush_result) == 1)
 		return;
 	if (READ_ONCE(job->bitmap)) {
 		/*
@@ -737,6 +737,9 @@ static void ptb_job_service_ending(struct ptb_job *job, enum ptb_job_state state
 		queue_work(system_long_wq, &job->handover_work);
 		return;
 	}
+	/* Views' reads admitted before the job ended wake the worker. */
+	if (!ptb_image_reads_idle(&job->img))
+		return;
 	ptb_job_release(job, state, final[state]);
 }
 
@@ -817,7 +820,8 @@ static unsigned long ptb_job_service(struct ptb_image *img)
 		return ptb_job_service_running(job);
 	case PTB_JOB_FLUSHING:
 		r = READ_ONCE(job->flush_result);
-		if (r == 1)
+		/* Flushing admits no view read; those before it end first. */
+		if (r == 1 || !ptb_image_reads_idle(&job->img))
 			return 0;
 		ptb_job_flush_done(job, r);
 		/* Policy ignore: back to running, the flush is retried later. */
@@ -911,13 +915,17 @@ int ptb_job_open_view(struct ptb_device *pd, const char *id, struct ptb_job **jo
 		*error = "No job of that name on the ptbackup device";
 		return -ENOENT;
 	}
-	if (!ptb_job_active(job)) {
-		*error = "The job has ended: a view needs a running or paused job";
+	if (!READ_ONCE(job->img.readable)) {
+		*error = "The job is not running or paused: a view needs a running or paused job";
 		return -EINVAL;
 	}
 	if (job->sync == PTB_SYNC_INCREMENTAL) {
 		*error = "A view needs a sync=none or sync=full job: an incremental job's target holds only changed chunks";
 		return -EINVAL;
+	}
+	if (ptb_image_enable_release(&job->img)) {
+		*error = "Cannot allocate the view's map of released chunks";
+		return -ENOMEM;
 	}
 	job->nr_views++;
 	*jobp = job;

@@ -188,7 +188,8 @@ bool ptb_handle_read(struct ptb_cow *cow, struct bio *bio)
 	unsigned long unsaved = 0;
 	struct ptb_copy *c;
 
-	if (!READ_ONCE(img->protected)) {
+	if (!READ_ONCE(img->readable) || !READ_ONCE(img->protected) ||
+	    test_bit(chunk, img->released)) {
 		bio_io_error(bio);
 		return true;
 	}
@@ -235,8 +236,123 @@ void ptb_image_read_end(struct bio *bio, blk_status_t *error)
 		ptb_guard_put(cow, rd->guard);
 	rd->guard = NULL;
 	/* A job that is ending waits for its reads before it lets go. */
-	if (atomic_dec_and_test(&img->reads_in_flight) && !READ_ONCE(img->protected))
+	if (atomic_dec_and_test(&img->reads_in_flight) && !READ_ONCE(img->readable))
 		ptb_wake_worker(cow);
+}
+
+/*----------------------------------------------------------------*/
+
+/*
+ * Discards of a view: the reader is done with the chunks they cover
+ * whole.  A released chunk is marked done, so writes there wait for no
+ * copy from then on, and its reads fail.  A chunk with a copy in flight
+ * or a read of the origin in flight is released only once they are over.
+ */
+
+static bool ptb_chunk_busy(struct ptb_image *img, unsigned long chunk)
+{
+	struct ptb_cow *cow = img->cow;
+	bool guarded = false;
+
+	if (ptb_copy_find(img, chunk))
+		return true;
+	if (READ_ONCE(cow->nr_guards)) {
+		spin_lock_irq(&cow->lock);
+		guarded = ptb_guard_find(img, chunk);
+		spin_unlock_irq(&cow->lock);
+	}
+	return guarded;
+}
+
+static void ptb_chunk_release(struct ptb_image *img, unsigned long chunk)
+{
+	struct ptb_partial *p;
+
+	if (test_and_set_bit(chunk, img->released))
+		return;
+	WRITE_ONCE(img->nr_released, img->nr_released + 1);
+	if (test_bit(chunk, img->done))
+		return;
+	p = ptb_partial_find(img, chunk);
+	if (p)
+		ptb_partial_free(img, p);
+	set_bit(chunk, img->done);
+}
+
+/* Worker.  False: a chunk is busy, retry the discard later. */
+static bool ptb_handle_view_discard(struct bio *bio)
+{
+	struct ptb_image *img = ptb_read_of(bio)->img;
+	sector_t size = (sector_t)1 << img->chunk_shift;
+	sector_t end = min(bio_end_sector(bio), img->dev_sectors);
+	unsigned long first, last, c;
+
+	if (!READ_ONCE(img->readable) || !READ_ONCE(img->protected)) {
+		bio_io_error(bio);
+		return true;
+	}
+	first = DIV_ROUND_UP_SECTOR_T(bio->bi_iter.bi_sector, size);
+	/* The last chunk may be short: up to the image's end covers it. */
+	last = end == img->dev_sectors ? img->nr_chunks : end >> img->chunk_shift;
+	for (c = first; c < last; c++)
+		if (ptb_chunk_busy(img, c))
+			return false;
+	for (c = first; c < last; c++)
+		ptb_chunk_release(img, c);
+	bio_endio(bio);
+	return true;
+}
+
+/* Worker.  True if a discard must be retried (it was queued again). */
+bool ptb_process_view_discards(struct ptb_cow *cow, struct bio_list *bios)
+{
+	struct bio_list retry = BIO_EMPTY_LIST;
+	struct bio *bio;
+
+	while ((bio = bio_list_pop(bios)))
+		if (!ptb_handle_view_discard(bio))
+			bio_list_add(&retry, bio);
+	if (bio_list_empty(&retry))
+		return false;
+	spin_lock_irq(&cow->lock);
+	bio_list_merge(&cow->view_discards, &retry);
+	spin_unlock_irq(&cow->lock);
+	return true;
+}
+
+void ptb_image_discard(struct ptb_image *img, struct bio *bio)
+{
+	struct ptb_read *rd = ptb_read_of(bio);
+	struct ptb_cow *cow = img->cow;
+	unsigned long flags;
+
+	rd->img = img;
+	rd->bs = NULL;
+	rd->guard = NULL;
+	rd->submitted = false;
+	spin_lock_irqsave(&cow->lock, flags);
+	bio_list_add(&cow->view_discards, bio);
+	spin_unlock_irqrestore(&cow->lock, flags);
+	ptb_wake_worker(cow);
+}
+
+/* Process context, before the image's first view does I/O. */
+int ptb_image_enable_release(struct ptb_image *img)
+{
+	if (img->released)
+		return 0;
+	img->released = kvcalloc(BITS_TO_LONGS(img->nr_chunks), sizeof(long), GFP_KERNEL);
+	return img->released ? 0 : -ENOMEM;
+}
+
+unsigned long ptb_image_nr_released(const struct ptb_image *img)
+{
+	return READ_ONCE(img->nr_released);
+}
+
+void ptb_image_set_readable(struct ptb_image *img, bool readable)
+{
+	WRITE_ONCE(img->readable, readable);
 }
 
 bool ptb_image_reads_idle(struct ptb_image *img)

@@ -9,7 +9,9 @@
  *
  * Reads go to the copy engine's worker (ptb-read.c), which reads the
  * blocks the job has saved from its target and the others from the
- * origin, ordered against copy-before-write.  Writes fail.  The view holds
+ * origin, ordered against copy-before-write.  Writes fail; discards
+ * release the chunks they cover whole (the reader is done with them).
+ * The view holds
  * the job (it cannot be dismissed) and the ptbackup device's object; the
  * device itself cannot be removed while the view has it open.  Once the
  * job stops being active (cancelled, failed, completed), reads fail.
@@ -78,7 +80,9 @@ static int ptb_view_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		ti->error = "Cannot allocate view context";
 		return -ENOMEM;
 	}
-	r = dm_get_device(ti, argv[0], dm_table_get_mode(ti->table), &v->dev);
+	/* The view only reads: the ptbackup device is opened for reading. */
+	r = dm_get_device(ti, argv[0], ptb_mode_read_only(dm_table_get_mode(ti->table)),
+			  &v->dev);
 	if (r) {
 		ti->error = "Error opening the ptbackup device";
 		goto bad_dev;
@@ -93,6 +97,8 @@ static int ptb_view_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto bad_attach;
 
 	ti->per_io_data_size = sizeof(struct ptb_read);
+	ti->num_discard_bios = 1;
+	ti->discards_supported = true;
 	ti->accounts_remapped_io = true;
 	ti->private = v;
 	return 0;
@@ -122,6 +128,14 @@ static int ptb_view_map(struct dm_target *ti, struct bio *bio)
 	struct ptb_image *img = &v->job->img;
 	sector_t chunk = (sector_t)1 << img->chunk_shift, offset;
 
+	if (bio_op(bio) == REQ_OP_DISCARD) {
+		bio->bi_iter.bi_sector = dm_target_offset(ti, bio->bi_iter.bi_sector);
+		offset = bio->bi_iter.bi_sector & (chunk - 1);
+		if (offset + bio_sectors(bio) > chunk * PTB_RUN_MAX_CHUNKS)
+			dm_accept_partial_bio(bio, chunk * PTB_RUN_MAX_CHUNKS - offset);
+		ptb_image_discard(img, bio);
+		return DM_MAPIO_SUBMITTED;
+	}
 	if (bio_op(bio) != REQ_OP_READ) {
 		DMERR_LIMIT("%s: the view of job %s is read-only: a write was refused",
 			    dm_disk(dm_table_get_md(ti->table))->disk_name, v->job->id);
@@ -150,7 +164,8 @@ static void ptb_view_status(struct dm_target *ti, status_type_t type,
 
 	switch (type) {
 	case STATUSTYPE_INFO:
-		DMEMIT("%s", ptb_job_state_name(READ_ONCE(v->job->state)));
+		DMEMIT("%s %lu", ptb_job_state_name(READ_ONCE(v->job->state)),
+		       ptb_image_nr_released(&v->job->img));
 		break;
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s %s", v->dev->name, v->job->id);
@@ -169,6 +184,20 @@ static int ptb_view_iterate_devices(struct dm_target *ti,
 	return fn(ti, v->dev, 0, ti->len, data);
 }
 
+/*
+ * Discards go to the engine, not to the devices below: any chunk-aligned
+ * range, even where the ptbackup device has no discard of its own.
+ */
+static void ptb_view_io_hints(struct dm_target *ti, struct queue_limits *limits)
+{
+	struct ptb_view *v = ti->private;
+	unsigned int chunk = 1U << v->job->img.chunk_shift;
+
+	limits->discard_granularity = chunk << SECTOR_SHIFT;
+	limits->max_hw_discard_sectors = chunk * PTB_RUN_MAX_CHUNKS;
+	limits->max_discard_sectors = chunk * PTB_RUN_MAX_CHUNKS;
+}
+
 struct target_type ptbackup_view_target = {
 	.name = "ptbackup-view",
 	.version = {1, 0, 0},
@@ -179,4 +208,5 @@ struct target_type ptbackup_view_target = {
 	.end_io = ptb_view_end_io,
 	.status = ptb_view_status,
 	.iterate_devices = ptb_view_iterate_devices,
+	.io_hints = ptb_view_io_hints,
 };
