@@ -94,6 +94,7 @@ void ptb_partial_free(struct ptb_image *img, struct ptb_partial *p);
 /* ptb-read.c */
 bool ptb_handle_read(struct ptb_cow *cow, struct bio *bio);
 bool ptb_copy_must_drain(struct ptb_copy *c);
-bool ptb_process_view_discards(struct ptb_cow *cow, struct bio_list *bios);
+void ptb_process_view_discards(struct bio_list *bios, struct bio_list *retry);
+void ptb_requeue_view_discards(struct ptb_cow *cow, struct bio_list *retry);
 
 #endif /* DM_PTBACKUP_COW_INTERNAL_H */

@@ -745,11 +745,7 @@ static void ptb_fail_writes(struct bio_list *bios)
 	*bios = reads;
 }
 
-/*
- * The owner decides whether writes waiting for a copy of their chunk fail.
- * A background run failed as a whole: the writes waiting for it go back
- * through the check and get copies of their own chunks.
- */
+/* Are writes among bios (not only views' reads)? */
 static bool ptb_writes_wait(struct bio_list *bios)
 {
 	struct bio *bio;
@@ -760,6 +756,11 @@ static bool ptb_writes_wait(struct bio_list *bios)
 	return false;
 }
 
+/*
+ * The owner decides whether writes waiting for a copy of their chunk fail.
+ * A background run failed as a whole: the writes waiting for it go back
+ * through the check and get copies of their own chunks.
+ */
 static void ptb_copy_failed(struct ptb_copy *c, enum ptb_error_site site)
 {
 	struct ptb_image *img = c->img;
@@ -960,10 +961,9 @@ void ptb_do_worker(struct work_struct *ws)
 {
 	struct ptb_cow *cow = container_of(ws, struct ptb_cow, worker);
 	unsigned long wake = 0, delay;
-	struct bio_list bios, discards;
+	struct bio_list bios, discards, retry = BIO_EMPTY_LIST;
 	LIST_HEAD(done);
 	struct ptb_image *img;
-	bool retry;
 
 	for (;;) {
 		spin_lock_irq(&cow->lock);
@@ -977,12 +977,19 @@ void ptb_do_worker(struct work_struct *ws)
 		if (list_empty(&done) && bio_list_empty(&bios) && bio_list_empty(&discards))
 			break;
 		ptb_process_completed(cow, &done);
-		retry = ptb_process_view_discards(cow, &discards);
-		if (ptb_process_deferred(cow, &bios) || retry) {
+		ptb_process_view_discards(&discards, &retry);
+		if (ptb_process_deferred(cow, &bios)) {
 			wake = PTB_ENOMEM_RETRY;
 			break;
 		}
 		cond_resched();
+	}
+
+	/* Discards of busy chunks: again in a while, the rest went on. */
+	if (!bio_list_empty(&retry)) {
+		ptb_requeue_view_discards(cow, &retry);
+		if (!wake)
+			wake = PTB_ENOMEM_RETRY;
 	}
 
 	for_each_image_in_worker(img, cow) {

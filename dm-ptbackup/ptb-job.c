@@ -115,6 +115,23 @@ bool ptb_job_released(const struct ptb_job *job)
 	return BIT(READ_ONCE(job->state)) & PTB_FINAL_STATES;
 }
 
+/*
+ * Views may read a running or paused job.  Transitions race (a resume
+ * with the worker's flush): each writer checks the state again after its
+ * store, so the last store follows the last state.
+ */
+static void ptb_job_update_readable(struct ptb_job *job)
+{
+	int s;
+
+	do {
+		s = READ_ONCE(job->state);
+		ptb_image_set_readable(&job->img, s == PTB_JOB_RUNNING || s == PTB_JOB_PAUSED);
+		/* The store before the second look at the state. */
+		smp_mb();
+	} while (READ_ONCE(job->state) != s);
+}
+
 /* Move job to state to if it is in one of the states in from_mask. */
 static bool ptb_job_transition(struct ptb_job *job, unsigned long from_mask,
 			       enum ptb_job_state to)
@@ -128,7 +145,7 @@ static bool ptb_job_transition(struct ptb_job *job, unsigned long from_mask,
 
 	if (!(BIT(to) & PTB_ACTIVE_STATES))
 		ptb_image_unprotect(&job->img);
-	ptb_image_set_readable(&job->img, to == PTB_JOB_RUNNING || to == PTB_JOB_PAUSED);
+	ptb_job_update_readable(job);
 	if (strcmp(ptb_state_names[old], ptb_state_names[to]))
 		job->pd->notify(job->pd);
 	if (!(BIT(to) & PTB_ACTIVE_STATES) || to == PTB_JOB_HANDING_OVER)
@@ -697,6 +714,7 @@ static void ptb_job_release(struct ptb_job *job, enum ptb_job_state from,
 	/* Only the worker releases; a cancel may have moved the job on. */
 	if (!try_cmpxchg(&job->state, &old, to))
 		return;
+	ptb_image_set_readable(&job->img, false);
 	ptb_image_unprotect(&job->img);
 	ptb_image_free_buffers(&job->img);
 	ptb_bdev_close(&job->target, job);

@@ -236,7 +236,7 @@ void ptb_image_read_end(struct bio *bio, blk_status_t *error)
 		ptb_guard_put(cow, rd->guard);
 	rd->guard = NULL;
 	/* A job that is ending waits for its reads before it lets go. */
-	if (atomic_dec_and_test(&img->reads_in_flight) && !READ_ONCE(img->readable))
+	if (atomic_dec_and_test(&img->reads_in_flight))
 		ptb_wake_worker(cow);
 }
 
@@ -303,21 +303,24 @@ static bool ptb_handle_view_discard(struct bio *bio)
 	return true;
 }
 
-/* Worker.  True if a discard must be retried (it was queued again). */
-bool ptb_process_view_discards(struct ptb_cow *cow, struct bio_list *bios)
+/* Worker.  The discards that must be retried go to retry. */
+void ptb_process_view_discards(struct bio_list *bios, struct bio_list *retry)
 {
-	struct bio_list retry = BIO_EMPTY_LIST;
 	struct bio *bio;
 
 	while ((bio = bio_list_pop(bios)))
 		if (!ptb_handle_view_discard(bio))
-			bio_list_add(&retry, bio);
-	if (bio_list_empty(&retry))
-		return false;
+			bio_list_add(retry, bio);
+}
+
+/* Worker: queue the discards to retry again, for the next pass. */
+void ptb_requeue_view_discards(struct ptb_cow *cow, struct bio_list *retry)
+{
+	if (bio_list_empty(retry))
+		return;
 	spin_lock_irq(&cow->lock);
-	bio_list_merge(&cow->view_discards, &retry);
+	bio_list_merge(&cow->view_discards, retry);
 	spin_unlock_irq(&cow->lock);
-	return true;
 }
 
 void ptb_image_discard(struct ptb_image *img, struct bio *bio)

@@ -97,8 +97,15 @@ static int ptb_view_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto bad_attach;
 
 	ti->per_io_data_size = sizeof(struct ptb_read);
-	ti->num_discard_bios = 1;
-	ti->discards_supported = true;
+	/*
+	 * Only a sync=none job's chunks may be released: a sync=full job's
+	 * target would lack them, and its bitmap hand-over would take them
+	 * for copied.
+	 */
+	if (v->job->sync == PTB_SYNC_NONE) {
+		ti->num_discard_bios = 1;
+		ti->discards_supported = true;
+	}
 	ti->accounts_remapped_io = true;
 	ti->private = v;
 	return 0;
@@ -193,6 +200,8 @@ static void ptb_view_io_hints(struct dm_target *ti, struct queue_limits *limits)
 	struct ptb_view *v = ti->private;
 	unsigned int chunk = 1U << v->job->img.chunk_shift;
 
+	if (!ti->num_discard_bios)
+		return;
 	limits->discard_granularity = chunk << SECTOR_SHIFT;
 	limits->max_hw_discard_sectors = chunk * PTB_RUN_MAX_CHUNKS;
 	limits->max_discard_sectors = chunk * PTB_RUN_MAX_CHUNKS;

@@ -9,7 +9,7 @@ need_root
 need_cmd dmsetup
 need_cmd blkdiscard
 
-tap_plan 12
+tap_plan 13
 mapfile -t devs < <(make_brd 3 16)
 origin=${devs[0]} store=${devs[1]} ref=${devs[2]}
 fill_random "$origin"
@@ -61,4 +61,13 @@ tap_eq "the chunks not released read as at the point in time" \
 dm_msg ptb_d job cancel pull
 tap_expect_fail "a discard fails once the job is cancelled" \
 	blkdiscard -f -o $((40 * CH)) -l $CH "$view"
+# A sync=full job's view takes no discards: its target must get every chunk.
+dm_msg ptb_d job dismiss pull
+dmsetup remove ptb_dv
+dm_msg ptb_d backup start full "$store" speed=64K
+dmsetup create ptb_dv --table "0 $sz ptbackup-view $dev full"
+tap_expect_fail "a discard to the view of a sync=full job fails" \
+	blkdiscard -f -o 0 -l $CH "$view"
+dmsetup remove ptb_dv
+dm_msg ptb_d job cancel full
 tap_done
