@@ -62,8 +62,8 @@ dm_msg ptb_d job cancel pull
 tap_expect_fail "a discard fails once the job is cancelled" \
 	blkdiscard -f -o $((40 * CH)) -l $CH "$view"
 # A sync=full job's view takes no discards: its target must get every chunk.
-dm_msg ptb_d job dismiss pull
 dmsetup remove ptb_dv
+dm_msg ptb_d job dismiss pull
 dm_msg ptb_d backup start full "$store" speed=64K
 dmsetup create ptb_dv --table "0 $sz ptbackup-view $dev full"
 tap_expect_fail "a discard to the view of a sync=full job fails" \
