@@ -208,7 +208,8 @@ bool ptb_handle_read(struct ptb_cow *cow, struct bio *bio)
 	return true;
 }
 
-void ptb_image_read(struct ptb_image *img, struct bio *bio, struct bio_set *bs)
+/* The view's bio belongs to img from its map on: its end reads this. */
+static void ptb_read_init(struct ptb_image *img, struct bio *bio, struct bio_set *bs)
 {
 	struct ptb_read *rd = ptb_read_of(bio);
 
@@ -216,6 +217,11 @@ void ptb_image_read(struct ptb_image *img, struct bio *bio, struct bio_set *bs)
 	rd->bs = bs;
 	rd->guard = NULL;
 	rd->submitted = false;
+}
+
+void ptb_image_read(struct ptb_image *img, struct bio *bio, struct bio_set *bs)
+{
+	ptb_read_init(img, bio, bs);
 	ptb_defer_bio(img->cow, bio);
 }
 
@@ -325,14 +331,10 @@ void ptb_requeue_view_discards(struct ptb_cow *cow, struct bio_list *retry)
 
 void ptb_image_discard(struct ptb_image *img, struct bio *bio)
 {
-	struct ptb_read *rd = ptb_read_of(bio);
 	struct ptb_cow *cow = img->cow;
 	unsigned long flags;
 
-	rd->img = img;
-	rd->bs = NULL;
-	rd->guard = NULL;
-	rd->submitted = false;
+	ptb_read_init(img, bio, NULL);
 	spin_lock_irqsave(&cow->lock, flags);
 	bio_list_add(&cow->view_discards, bio);
 	spin_unlock_irqrestore(&cow->lock, flags);
