@@ -49,6 +49,7 @@ struct ptb_copy {
 	unsigned int nr;
 	unsigned int slot;		/* the first slot buffer */
 	sector_t sector;
+	sector_t store_sector;		/* where it goes on the target */
 	sector_t len;
 	void *buf;
 	struct bio_list waiters;	/* writes and reads waiting for it */
@@ -59,7 +60,11 @@ struct ptb_copy {
 	unsigned int nr_blocks;
 	DECLARE_BITMAP(todo, PTB_COPY_MAX_BLOCKS);	/* not saved before */
 	DECLARE_BITMAP(zero_blocks, PTB_COPY_MAX_BLOCKS); /* in all-zero chunks */
+	struct list_head age_node;	/* img->copies_by_age, if timed */
+	unsigned long deadline;		/* jiffies: then the copy has timed out */
+	bool timed_out;
 	struct ptb_partial *partial;	/* the chunk's entry: a write's copy */
+	bool store_new;			/* it took the chunk's store space */
 	unsigned int wpos;	/* the piece being written: blocks wpos.. */
 	unsigned int wlen;	/* ..wpos + wlen */
 	sector_t written;	/* sectors written so far */

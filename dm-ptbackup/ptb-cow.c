@@ -215,6 +215,7 @@ int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,
 	img->dev_sectors = dev_sectors;
 	img->nr_chunks = DIV_ROUND_UP_SECTOR_T(dev_sectors, (sector_t)1 << chunk_shift);
 	INIT_LIST_HEAD(&img->slot_waiters);
+	INIT_LIST_HEAD(&img->copies_by_age);
 	atomic_set(&img->reads_in_flight, 0);
 	img->done = kvcalloc(BITS_TO_LONGS(img->nr_chunks), sizeof(long), GFP_KERNEL);
 	img->slot_used = bitmap_zalloc(nr_slots, GFP_KERNEL);
@@ -226,6 +227,12 @@ int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,
 	img->nr_slots = nr_slots;
 	img->free_slots = nr_slots;
 	return ptb_partials_init(img);
+}
+
+int ptb_image_init_store(struct ptb_image *img, sector_t target_sectors)
+{
+	return ptb_store_init(&img->store, img->chunk_shift, img->dev_sectors,
+			      target_sectors);
 }
 
 /* The chunk buffers; no copy may be in flight. */
@@ -247,6 +254,7 @@ void ptb_image_free_buffers(struct ptb_image *img)
 void ptb_image_exit(struct ptb_image *img)
 {
 	ptb_image_free_buffers(img);
+	ptb_store_exit(&img->store);
 	vfree(img->partial_area);
 	img->partial_area = NULL;
 	kvfree(img->released);
@@ -422,15 +430,15 @@ static void ptb_copy_io_done(unsigned long error, void *context)
 
 /* Read or write blocks [first, first + nr) of the copy. */
 static void ptb_copy_submit(struct ptb_copy *c, blk_opf_t opf,
-			    struct block_device *bdev, unsigned int first,
-			    unsigned int nr)
+			    unsigned int first, unsigned int nr)
 {
 	struct ptb_image *img = c->img;
+	bool to_target = op_is_write(opf);
 	sector_t off = (sector_t)first << img->block_shift;
 	size_t pos = (c->buf - img->slot_area) + (off << SECTOR_SHIFT);
 	struct dm_io_region where = {
-		.bdev = bdev,
-		.sector = c->sector + off,
+		.bdev = to_target ? img->target : img->origin,
+		.sector = (to_target ? c->store_sector : c->sector) + off,
 		.count = min_t(sector_t, (sector_t)nr << img->block_shift, c->len - off),
 	};
 	struct dm_io_request req = {
@@ -467,7 +475,7 @@ static void ptb_copy_read(struct ptb_copy *c, unsigned int slot)
 	img->free_slots -= c->nr;
 	c->buf = img->slot_area + ((size_t)slot << (img->chunk_shift + SECTOR_SHIFT));
 	c->stage = PTB_COPY_READING;
-	ptb_copy_submit(c, REQ_OP_READ, img->origin, 0, c->nr_blocks);
+	ptb_copy_submit(c, REQ_OP_READ, 0, c->nr_blocks);
 }
 
 /*
@@ -530,7 +538,7 @@ static void ptb_copy_write(struct ptb_copy *c)
 			  bdev_write_zeroes_sectors(target);
 	c->stage = PTB_COPY_WRITING;
 	ptb_copy_submit(c, c->write_zeroes ? REQ_OP_WRITE_ZEROES : REQ_OP_WRITE,
-			target, c->wpos, c->wlen);
+			c->wpos, c->wlen);
 }
 
 /* The copy covers nr blocks, all of them to be written. */
@@ -567,6 +575,7 @@ static struct ptb_copy *ptb_copy_new(struct ptb_image *img, unsigned long chunk,
 	c->block0 = 0;
 	ptb_copy_set_blocks(c, DIV_ROUND_UP_SECTOR_T(c->len, (sector_t)1 << img->block_shift));
 	c->partial = NULL;
+	c->store_new = false;
 	c->written = 0;
 	c->buf = NULL;
 	bio_list_init(&c->waiters);
@@ -577,6 +586,12 @@ static struct ptb_copy *ptb_copy_new(struct ptb_image *img, unsigned long chunk,
 	c->zero = false;
 	c->write_zeroes = false;
 	c->stage = PTB_COPY_QUEUED;
+	c->timed_out = false;
+	INIT_LIST_HEAD(&c->age_node);
+	if (img->cbw_timeout) {
+		c->deadline = jiffies + img->cbw_timeout;
+		list_add_tail(&c->age_node, &img->copies_by_age);
+	}
 	ptb_io_start(cow);
 	ptb_copy_hash(c);
 	img->copies_in_flight++;
@@ -723,6 +738,7 @@ static void ptb_copy_finish(struct ptb_copy *c)
 	struct ptb_cow *cow = img->cow;
 
 	ptb_copy_unhash(c);
+	list_del(&c->age_node);
 	ptb_requeue_bios(cow, &c->waiters);
 	ptb_copy_put_slots(c);
 	img->copies_in_flight--;
@@ -769,9 +785,54 @@ static void ptb_copy_failed(struct ptb_copy *c, enum ptb_error_site site)
 
 	if (c->partial && !c->partial->saved)
 		ptb_partial_free(img, c->partial);
+	if (c->store_new)
+		ptb_store_drop(&img->store, c->chunk, false);
 	if (img->ops->failed(img, c->chunk, site, c->error, waits))
 		ptb_fail_writes(&c->waiters);
 	ptb_copy_finish(c);
+}
+
+/*
+ * The owner's policy for writes that waited too long for copy c (its
+ * I/O goes on): true if they are to fail; else they go on once the image
+ * is no longer protected.
+ */
+static bool ptb_copy_timeout_fails(struct ptb_copy *c)
+{
+	struct ptb_image *img = c->img;
+
+	DMERR_LIMIT("%s: %s: copy-before-write of chunk %lu took over %u s",
+		    img->cow->name, img->name, c->chunk, jiffies_to_msecs(img->cbw_timeout) / 1000);
+	return img->ops->failed(img, c->chunk, PTB_SITE_CBW, -ETIMEDOUT, true);
+}
+
+/* The copy has timed out: the writes waiting for it stop waiting. */
+static void ptb_copy_timeout(struct ptb_copy *c)
+{
+	struct ptb_image *img = c->img;
+
+	c->timed_out = true;
+	if (!ptb_writes_wait(&c->waiters))
+		return;
+	if (ptb_copy_timeout_fails(c))
+		ptb_fail_writes(&c->waiters);
+	else if (!READ_ONCE(img->protected))
+		ptb_requeue_bios(img->cow, &c->waiters);
+}
+
+/* Time out the copies past their deadline: the delay to the next one. */
+static unsigned long ptb_image_check_timeouts(struct ptb_image *img)
+{
+	struct ptb_copy *c;
+
+	while ((c = list_first_entry_or_null(&img->copies_by_age, struct ptb_copy,
+					     age_node))) {
+		if (time_before(jiffies, c->deadline))
+			return c->deadline - jiffies;
+		list_del_init(&c->age_node);
+		ptb_copy_timeout(c);
+	}
+	return 0;
 }
 
 /*
@@ -786,13 +847,19 @@ static void ptb_copy_saved(struct ptb_copy *c)
 	unsigned int i;
 
 	if (p) {
+		if (!p->saved)
+			ptb_store_saved(&img->store);
 		WRITE_ONCE(p->saved, p->saved | GENMASK(c->block0 + c->nr_blocks - 1, c->block0));
 		if (p->saved != ptb_chunk_all_blocks(img, c->chunk))
 			return;
 		ptb_partial_free(img, p);
+		set_bit(c->chunk, img->done);
+		return;
 	}
 	for (i = 0; i < c->nr; i++) {
 		p = ptb_partial_find(img, c->chunk + i);
+		if (!p || !p->saved)
+			ptb_store_saved(&img->store);
 		if (p)
 			ptb_partial_free(img, p);
 		set_bit(c->chunk + i, img->done);
@@ -838,9 +905,34 @@ static void ptb_copy_written(struct ptb_copy *c)
 	ptb_copy_complete(c);
 }
 
+/*
+ * Where the copy goes on the target.  A mapped store holds one chunk per
+ * copy (its jobs have no sweep) and may be full.
+ */
+static int ptb_copy_locate(struct ptb_copy *c)
+{
+	struct ptb_image *img = c->img;
+	sector_t base;
+	int r;
+
+	if (WARN_ON_ONCE(img->store.mapped && c->nr != 1))
+		return -EIO;
+	r = ptb_store_locate(&img->store, c->chunk, true, &base);
+	if (r < 0)
+		return r;
+	c->store_new = r;
+	c->store_sector = base + c->sector - ((sector_t)c->chunk << img->chunk_shift);
+	return 0;
+}
+
 /* The old data is in the buffer: write the first piece. */
 static void ptb_copy_have_data(struct ptb_copy *c)
 {
+	c->error = ptb_copy_locate(c);
+	if (c->error) {
+		ptb_copy_failed(c, PTB_SITE_TARGET);
+		return;
+	}
 	ptb_copy_find_zeroes(c);
 	if (ptb_copy_next_piece(c)) {
 		ptb_copy_write(c);
@@ -865,7 +957,7 @@ static void ptb_copy_advance(struct ptb_copy *c)
 			c->img->no_write_zeroes = true;
 			c->error = 0;
 			c->write_zeroes = false;
-			ptb_copy_submit(c, REQ_OP_WRITE, c->img->target, c->wpos, c->wlen);
+			ptb_copy_submit(c, REQ_OP_WRITE, c->wpos, c->wlen);
 		} else if (c->error) {
 			ptb_copy_failed(c, PTB_SITE_TARGET);
 		} else {
@@ -887,7 +979,8 @@ static void ptb_copy_advance(struct ptb_copy *c)
 /*
  * Does img need old data saved before bio may go on?  Parks the bio on
  * the copy (started if need be) and returns 1; 0 if img needs nothing;
- * -ENOMEM if no copy could be started now.
+ * -ENOMEM if no copy could be started now; -ETIMEDOUT if the copy has
+ * timed out and the write is to fail.
  */
 static int ptb_image_hold_write(struct ptb_image *img, struct bio *bio)
 {
@@ -907,6 +1000,11 @@ static int ptb_image_hold_write(struct ptb_image *img, struct bio *bio)
 			c = ptb_copy_start_write(img, chunk, need);
 			if (!c)
 				return -ENOMEM;
+		} else if (c->timed_out) {
+			if (ptb_copy_timeout_fails(c))
+				return -ETIMEDOUT;
+			if (!READ_ONCE(img->protected))
+				return 0;
 		}
 		bio_list_add(&c->waiters, bio);
 		return 1;
@@ -922,8 +1020,10 @@ static bool ptb_handle_write(struct ptb_cow *cow, struct bio *bio)
 
 	for_each_image_in_worker(img, cow) {
 		r = ptb_image_hold_write(img, bio);
+		if (r == -ETIMEDOUT)
+			bio_io_error(bio);
 		if (r)
-			return r > 0;
+			return r != -ENOMEM;
 	}
 
 	dm_submit_bio_remap(bio, NULL);
@@ -993,6 +1093,9 @@ void ptb_do_worker(struct work_struct *ws)
 	}
 
 	for_each_image_in_worker(img, cow) {
+		delay = ptb_image_check_timeouts(img);
+		if (delay && (!wake || delay < wake))
+			wake = delay;
 		delay = img->ops->service(img);
 		if (delay && (!wake || delay < wake))
 			wake = delay;

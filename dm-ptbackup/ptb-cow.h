@@ -20,6 +20,7 @@
 #include <linux/sizes.h>
 
 #include "ptb.h"
+#include "ptb-store.h"
 
 struct ptb_image;
 
@@ -106,6 +107,14 @@ struct ptb_image {
 	sector_t dev_sectors;		/* size of the device at the point in time */
 	struct block_device *origin;
 	struct block_device *target;
+	struct ptb_store store;		/* the layout on the target; worker */
+	/*
+	 * A copy older than this (jiffies, 0: no limit) fails the writes
+	 * that wait for it, as the owner's policy says.  Worker only: the
+	 * copies from the oldest on.
+	 */
+	unsigned long cbw_timeout;
+	struct list_head copies_by_age;
 
 	/* Worker only. */
 	unsigned int nr_slots;
@@ -187,6 +196,8 @@ int ptb_image_init(struct ptb_image *img, struct ptb_cow *cow,
 		   const struct ptb_image_ops *ops, const char *name,
 		   unsigned int chunk_shift, sector_t dev_sectors,
 		   unsigned int nr_slots, unsigned int min_block_shift);
+/* Process context, before publishing: the target's size sets the layout. */
+int ptb_image_init_store(struct ptb_image *img, sector_t target_sectors);
 void ptb_image_free_buffers(struct ptb_image *img);	/* no copy in flight */
 void ptb_image_exit(struct ptb_image *img);
 /* Publish and unpublish (images_lock held; publish with writes held). */

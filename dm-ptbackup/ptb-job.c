@@ -236,8 +236,8 @@ static int ptb_job_open_target(struct ptb_target *pt, struct ptb_job *job,
 	target = job->target.bdev;
 	job->img.target = target;
 	job->target_dev = target->bd_dev;
-	if (bdev_nr_sectors(target) < pt->ti->len) {
-		DMERR("%s: backup start %s: target %s: %llu sectors, fewer than the device's %llu",
+	if (bdev_nr_sectors(target) < pt->ti->len && job->sync != PTB_SYNC_NONE) {
+		DMERR("%s: backup start %s: target %s: %llu sectors, fewer than the device's %llu (only a sync=none job takes a smaller store)",
 		      name, job->id, path,
 		      (unsigned long long)bdev_nr_sectors(target),
 		      (unsigned long long)pt->ti->len);
@@ -249,7 +249,11 @@ static int ptb_job_open_target(struct ptb_target *pt, struct ptb_job *job,
 		      bdev_logical_block_size(origin));
 		return -EINVAL;
 	}
-	return 0;
+	r = ptb_image_init_store(&job->img, bdev_nr_sectors(target));
+	if (r == -ENOSPC)
+		DMERR("%s: backup start %s: store %s is smaller than one chunk (%u sectors)",
+		      name, job->id, path, 1U << pt->chunk_shift);
+	return r;
 }
 
 static int ptb_job_check_bitmap(struct ptb_target *pt,
@@ -402,6 +406,7 @@ static int ptb_job_new(struct ptb_target *pt, const struct ptb_job_params *p,
 	job->on_source_error = p->on_source_error;
 	job->on_target_error = p->on_target_error;
 	job->on_cbw_error = p->on_cbw_error;
+	job->cbw_timeout = p->cbw_timeout;
 	job->state = PTB_JOB_RUNNING;
 	job->bytes_total = (u64)pt->ti->len << SECTOR_SHIFT;
 	job->rate_next = ktime_get();
@@ -415,6 +420,7 @@ static int ptb_job_new(struct ptb_target *pt, const struct ptb_job_params *p,
 			   ilog2(bdev_logical_block_size(pt->origin->bdev) >> SECTOR_SHIFT));
 	if (!r) {
 		job->img.origin = pt->origin->bdev;
+		job->img.cbw_timeout = (unsigned long)p->cbw_timeout * HZ;
 		r = ptb_job_open_target(pt, job, p->target_path);
 	}
 	if (r) {
@@ -1015,9 +1021,13 @@ unsigned int ptb_job_emit(const struct ptb_job *job, char *result,
 	       job->id, job->type->name, ptb_sync_name(job->sync), state, done,
 	       (unsigned long long)job->bytes_total,
 	       (unsigned long long)READ_ONCE(job->speed));
-	DMEMIT(" zero=%llu target=%u:%u chunk=%u error=%s\n",
+	DMEMIT(" zero=%llu target=%u:%u chunk=%u error=%s cbw_timeout=%u",
 	       (unsigned long long)atomic64_read(&job->zero_bytes),
 	       MAJOR(job->target_dev), MINOR(job->target_dev),
-	       1U << job->img.chunk_shift, error);
+	       1U << job->img.chunk_shift, error, job->cbw_timeout);
+	DMEMIT(" store=%s/%lu saved=%lu held=%lu released=%lu\n",
+	       job->img.store.mapped ? "mapped" : "linear", job->img.store.nr_chunks,
+	       READ_ONCE(job->img.store.nr_saved), READ_ONCE(job->img.store.nr_held),
+	       ptb_image_nr_released(&job->img));
 	return sz;
 }

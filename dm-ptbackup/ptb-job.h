@@ -74,6 +74,7 @@ struct ptb_job_params {
 	enum ptb_error_action on_source_error;
 	enum ptb_error_action on_target_error;
 	enum ptb_cbw_action on_cbw_error;
+	unsigned int cbw_timeout;	/* seconds, 0: none */
 };
 
 struct ptb_job {
@@ -85,6 +86,7 @@ struct ptb_job {
 	enum ptb_error_action on_source_error;
 	enum ptb_error_action on_target_error;
 	enum ptb_cbw_action on_cbw_error;
+	unsigned int cbw_timeout;	/* seconds, 0: none */
 	u64 speed;			/* WRITE_ONCE/READ_ONCE */
 	struct ptb_bitmap *bitmap;	/* busy with this job; NULL once handed back */
 	struct ptb_bitmap_user bitmap_user;	/* what the bitmap sees of it */

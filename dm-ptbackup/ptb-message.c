@@ -148,6 +148,7 @@ enum ptb_option {
 	PTB_OPT_SOURCE_ERROR,
 	PTB_OPT_TARGET_ERROR,
 	PTB_OPT_CBW_ERROR,
+	PTB_OPT_CBW_TIMEOUT,
 	PTB_OPT_BITMAP,
 	PTB_OPT_BITMAP_MODE,
 	PTB_NR_OPTS,
@@ -159,6 +160,7 @@ static const char * const ptb_option_names[PTB_NR_OPTS] = {
 	[PTB_OPT_SOURCE_ERROR] = "on_source_error",
 	[PTB_OPT_TARGET_ERROR] = "on_target_error",
 	[PTB_OPT_CBW_ERROR] = "on_cbw_error",
+	[PTB_OPT_CBW_TIMEOUT] = "cbw_timeout",
 	[PTB_OPT_BITMAP] = "bitmap",
 	[PTB_OPT_BITMAP_MODE] = "bitmap_mode",
 };
@@ -206,6 +208,11 @@ static int ptb_parse_option(const char *dev, struct ptb_job_params *p,
 	case PTB_OPT_CBW_ERROR:
 		r = ptb_parse_choice(ptb_cbw_choices, value, &v);
 		p->on_cbw_error = v;
+		break;
+	case PTB_OPT_CBW_TIMEOUT:
+		r = kstrtouint(value, 10, &p->cbw_timeout);
+		if (!r && p->cbw_timeout > PTB_CBW_TIMEOUT_MAX)
+			r = -ERANGE;
 		break;
 	case PTB_OPT_BITMAP:
 		r = *value ? 0 : -EINVAL;

@@ -140,17 +140,25 @@ bool ptb_copy_must_drain(struct ptb_copy *c)
 
 /*----------------------------------------------------------------*/
 
-static void ptb_read_remap(struct ptb_image *img, struct bio *bio, bool from_origin)
+/* store: where the chunk that starts at sector start is on the target. */
+static void ptb_read_remap(struct ptb_image *img, struct bio *bio, bool from_origin,
+			   sector_t start, sector_t store)
 {
-	bio_set_dev(bio, from_origin ? img->origin : img->target);
+	if (from_origin) {
+		bio_set_dev(bio, img->origin);
+		return;
+	}
+	bio_set_dev(bio, img->target);
+	bio->bi_iter.bi_sector = store + (bio->bi_iter.bi_sector - start);
 }
 
 /*
  * Submit the read, split where it goes from saved blocks to unsaved ones
- * or back.  unsaved: the blocks of the chunk it reads from the origin.
- * The image's target holds a saved block where the origin has it.
+ * or back.  unsaved: the blocks of the chunk it reads from the origin;
+ * store: where the chunk's saved blocks are on the target.
  */
-static void ptb_read_submit(struct ptb_image *img, struct bio *bio, unsigned long unsaved)
+static void ptb_read_submit(struct ptb_image *img, struct bio *bio, unsigned long unsaved,
+			    sector_t store)
 {
 	struct ptb_read *rd = ptb_read_of(bio);
 	sector_t start = bio->bi_iter.bi_sector & ~(((sector_t)1 << img->chunk_shift) - 1);
@@ -171,11 +179,21 @@ static void ptb_read_submit(struct ptb_image *img, struct bio *bio, unsigned lon
 			break;
 		split = bio_split(bio, end - bio->bi_iter.bi_sector, GFP_NOIO, rd->bs);
 		bio_chain(split, bio);
-		ptb_read_remap(img, split, from_origin);
+		ptb_read_remap(img, split, from_origin, start, store);
 		submit_bio_noacct(split);
 	}
-	ptb_read_remap(img, bio, from_origin);
+	ptb_read_remap(img, bio, from_origin, start, store);
 	dm_submit_bio_remap(bio, NULL);
+}
+
+/* The blocks of its chunk that a read covers, as a mask. */
+static unsigned long ptb_read_blocks(const struct ptb_image *img, struct bio *bio)
+{
+	sector_t mask = ((sector_t)1 << img->chunk_shift) - 1;
+	unsigned int first = (bio->bi_iter.bi_sector & mask) >> img->block_shift;
+	unsigned int last = ((bio_end_sector(bio) - 1) & mask) >> img->block_shift;
+
+	return GENMASK(last, first);
 }
 
 /* Worker.  False: the read could not be handled now, retry it. */
@@ -187,6 +205,7 @@ bool ptb_handle_read(struct ptb_cow *cow, struct bio *bio)
 	unsigned long chunk = ptb_sector_to_chunk(sector, img->chunk_shift);
 	unsigned long unsaved = 0;
 	struct ptb_copy *c;
+	sector_t store = 0;
 
 	if (!READ_ONCE(img->readable) || !READ_ONCE(img->protected) ||
 	    test_bit(chunk, img->released)) {
@@ -200,11 +219,21 @@ bool ptb_handle_read(struct ptb_cow *cow, struct bio *bio)
 	}
 	if (!test_bit(chunk, img->done))
 		unsaved = ptb_blocks_needed(img, chunk, sector, bio_end_sector(bio));
-	if (unsaved && !ptb_guard_take(img, chunk, rd))
+	if (unsaved != ptb_read_blocks(img, bio) &&
+	    WARN_ON_ONCE(ptb_store_locate(&img->store, chunk, false, &store))) {
+		bio_io_error(bio);
+		return true;
+	}
+	/*
+	 * The guard holds back a copy to the chunk's origin blocks, and a
+	 * release of the chunk, which would let a mapped store give its
+	 * space to another chunk under the read.
+	 */
+	if ((unsaved || img->store.mapped) && !ptb_guard_take(img, chunk, rd))
 		return false;
 	rd->submitted = true;
 	atomic_inc(&img->reads_in_flight);
-	ptb_read_submit(img, bio, unsaved);
+	ptb_read_submit(img, bio, unsaved, store);
 	return true;
 }
 
@@ -277,9 +306,12 @@ static void ptb_chunk_release(struct ptb_image *img, unsigned long chunk)
 	if (test_and_set_bit(chunk, img->released))
 		return;
 	WRITE_ONCE(img->nr_released, img->nr_released + 1);
-	if (test_bit(chunk, img->done))
+	if (test_bit(chunk, img->done)) {
+		ptb_store_drop(&img->store, chunk, true);
 		return;
+	}
 	p = ptb_partial_find(img, chunk);
+	ptb_store_drop(&img->store, chunk, p && p->saved);
 	if (p)
 		ptb_partial_free(img, p);
 	set_bit(chunk, img->done);

@@ -85,6 +85,9 @@ enum ptb_cbw_action {
 	PTB_CBW_BREAK_GUEST_WRITE,	/* fail the write, keep the job */
 };
 
+/* The longest cbw_timeout, in seconds. */
+#define PTB_CBW_TIMEOUT_MAX	3600
+
 /* Where the last error of a job happened (status field). */
 enum ptb_error_site {
 	PTB_SITE_NONE,

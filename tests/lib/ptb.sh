@@ -3,6 +3,8 @@
 #
 #   ptb_job_field DEV JOB FIELD    one field of a job in `dmsetup status`
 #                                  (sync state done total speed error)
+#   ptb_job_info DEV JOB KEY       the value of KEY=... in the job's line of
+#                                  `job list' (store saved held released ...)
 #   ptb_wait_state DEV JOB STATE [SECS]   poll until the job is in STATE
 #   dmesg_mark / dmesg_since       kernel log lines since the mark
 #   expect_refused DESC TEXT CMD...  CMD fails and the log says TEXT
@@ -30,6 +32,12 @@ ptb_job_field() {
 		fi
 	done
 	return 1
+}
+
+ptb_job_info() {
+	dm_msg "$1" job list | awk -v job="$2" -v key="$3" '
+		$1 == job { for (i = 2; i <= NF; i++) if (index($i, key "=") == 1) {
+			print substr($i, length(key) + 2); exit } }'
 }
 
 ptb_wait_state() {
