@@ -86,7 +86,6 @@ static inline bool __maybe_unused ptb_in_worker(struct ptb_cow *cow)
 #define for_each_image_in_worker(img, cow) \
 	list_for_each_entry_rcu(img, &(cow)->images, node, ptb_in_worker(cow))
 
-
 /* ptb-cow.c */
 /* Worker, or any context under rcu_read_lock(). */
 struct ptb_partial *ptb_partial_find(const struct ptb_image *img, unsigned long chunk);

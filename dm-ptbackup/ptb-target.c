@@ -416,7 +416,7 @@ static int ptb_iterate_devices(struct dm_target *ti,
 
 static struct target_type ptbackup_target = {
 	.name = "ptbackup",
-	.version = {1, 3, 0},
+	.version = {1, 4, 0},
 	.features = DM_TARGET_SINGLETON,
 	.module = THIS_MODULE,
 	.ctr = ptb_ctr,

@@ -46,7 +46,7 @@ dmsetup create --readonly ptb_tv --table "0 $sz ptbackup-view $dev t1"
 tap_eq "job list shows the timeout" 1 "$(ptb_job_info ptb_t t1 cbw_timeout)"
 tap_expect_fail "break-guest-write: a write whose copy times out fails" write_chunk 5
 tap_eq "the job goes on" running "$(ptb_job_field ptb_t t1 state)"
-tap_eq "its error is the timeout" cbw:-62 "$(ptb_job_field ptb_t t1 error)"
+tap_eq "its error is the timeout" cbw:-110 "$(ptb_job_field ptb_t t1 error)"
 sleep 6
 tap_check "once the slow copy has landed, a write to its chunk succeeds" write_chunk 5
 tap_eq "and the view shows the chunk as at the point in time" \
@@ -57,7 +57,7 @@ job_end t1
 dm_msg ptb_t backup start t2 "$store" sync=none cbw_timeout=1
 tap_check "break-snapshot: a write whose copy times out succeeds" write_chunk 9
 tap_eq "and the job fails" failed "$(ptb_job_field ptb_t t2 state)"
-tap_eq "on the timeout" cbw:-62 "$(ptb_job_field ptb_t t2 error)"
+tap_eq "on the timeout" cbw:-110 "$(ptb_job_field ptb_t t2 error)"
 job_end t2
 
 dm_msg ptb_t backup start t3 "$store" sync=none on_cbw_error=break-guest-write
