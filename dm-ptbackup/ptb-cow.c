@@ -588,10 +588,6 @@ static struct ptb_copy *ptb_copy_new(struct ptb_image *img, unsigned long chunk,
 	c->stage = PTB_COPY_QUEUED;
 	c->timed_out = false;
 	INIT_LIST_HEAD(&c->age_node);
-	if (img->cbw_timeout) {
-		c->deadline = jiffies + img->cbw_timeout;
-		list_add_tail(&c->age_node, &img->copies_by_age);
-	}
 	ptb_io_start(cow);
 	ptb_copy_hash(c);
 	img->copies_in_flight++;
@@ -746,19 +742,26 @@ static void ptb_copy_finish(struct ptb_copy *c)
 	ptb_io_end(cow);
 }
 
-/* Fail the writes of bios; the reads stay to go back through the check. */
-static void ptb_fail_writes(struct bio_list *bios)
+/* Move the writes of bios to writes; the reads stay. */
+static void ptb_take_writes(struct bio_list *bios, struct bio_list *writes)
 {
 	struct bio_list reads = BIO_EMPTY_LIST;
 	struct bio *bio;
 
-	while ((bio = bio_list_pop(bios))) {
-		if (bio_op(bio) == REQ_OP_READ)
-			bio_list_add(&reads, bio);
-		else
-			bio_io_error(bio);
-	}
+	while ((bio = bio_list_pop(bios)))
+		bio_list_add(bio_op(bio) == REQ_OP_READ ? &reads : writes, bio);
 	*bios = reads;
+}
+
+/* Fail the writes of bios; the reads stay to go back through the check. */
+static void ptb_fail_writes(struct bio_list *bios)
+{
+	struct bio_list writes = BIO_EMPTY_LIST;
+	struct bio *bio;
+
+	ptb_take_writes(bios, &writes);
+	while ((bio = bio_list_pop(&writes)))
+		bio_io_error(bio);
 }
 
 /* Are writes among bios (not only views' reads)? */
@@ -780,8 +783,11 @@ static bool ptb_writes_wait(struct bio_list *bios)
 static void ptb_copy_failed(struct ptb_copy *c, enum ptb_error_site site)
 {
 	struct ptb_image *img = c->img;
-	/* Views' reads parked on the copy are not writes waiting for it. */
-	bool waits = c->nr == 1 && ptb_writes_wait(&c->waiters);
+	/*
+	 * Views' reads parked on the copy are not writes waiting for it; a
+	 * copy that timed out had writes waiting, which the timeout sent on.
+	 */
+	bool waits = c->nr == 1 && (c->timed_out || ptb_writes_wait(&c->waiters));
 
 	if (c->partial && !c->partial->saved)
 		ptb_partial_free(img, c->partial);
@@ -793,46 +799,70 @@ static void ptb_copy_failed(struct ptb_copy *c, enum ptb_error_site site)
 }
 
 /*
- * The owner's policy for writes that waited too long for copy c (its
- * I/O goes on): true if they are to fail; else they go on once the image
- * is no longer protected.
+ * A write is to wait for copy c: with a cbw_timeout, the copy's deadline
+ * runs from the first such write (copies_by_age stays in deadline order).
  */
-static bool ptb_copy_timeout_fails(struct ptb_copy *c)
+static void ptb_copy_arm_timeout(struct ptb_copy *c)
 {
 	struct ptb_image *img = c->img;
 
-	DMERR_LIMIT("%s: %s: copy-before-write of chunk %lu took over %u s",
-		    img->cow->name, img->name, c->chunk, jiffies_to_msecs(img->cbw_timeout) / 1000);
-	return img->ops->failed(img, c->chunk, PTB_SITE_CBW, -ETIMEDOUT, true);
+	if (!img->cbw_timeout || c->timed_out || !list_empty(&c->age_node))
+		return;
+	c->deadline = jiffies + img->cbw_timeout;
+	list_add_tail(&c->age_node, &img->copies_by_age);
 }
 
-/* The copy has timed out: the writes waiting for it stop waiting. */
+/*
+ * Copy c has kept a write waiting longer than cbw_timeout: the owner's
+ * policy fails the writes waiting for it or sends them on (the owner then
+ * no longer protects the image).  A copy still waiting for a slot buffer
+ * has started no I/O and is withdrawn as failed; the chunk stays uncopied.
+ * Otherwise its I/O goes on, and later writes to the chunk do not wait.
+ */
 static void ptb_copy_timeout(struct ptb_copy *c)
 {
 	struct ptb_image *img = c->img;
+	struct bio_list writes = BIO_EMPTY_LIST;
 
+	DMERR_LIMIT("%s: %s: copy-before-write of chunk %lu took over %u s",
+		    img->cow->name, img->name, c->chunk,
+		    jiffies_to_msecs(img->cbw_timeout) / 1000);
 	c->timed_out = true;
-	if (!ptb_writes_wait(&c->waiters))
+	if (c->stage == PTB_COPY_QUEUED) {
+		list_del(&c->list);
+		c->error = -ETIMEDOUT;
+		ptb_copy_failed(c, PTB_SITE_CBW);
 		return;
-	if (ptb_copy_timeout_fails(c))
+	}
+	if (img->ops->failed(img, c->chunk, PTB_SITE_CBW, -ETIMEDOUT, true)) {
 		ptb_fail_writes(&c->waiters);
-	else if (!READ_ONCE(img->protected))
-		ptb_requeue_bios(img->cow, &c->waiters);
+		return;
+	}
+	ptb_take_writes(&c->waiters, &writes);
+	ptb_requeue_bios(img->cow, &writes);
 }
 
-/* Time out the copies past their deadline: the delay to the next one. */
+/*
+ * Time out the copies past their deadline: the delay to the next one (0:
+ * none).  The writes it sends on are taken by the worker's next pass.
+ */
 static unsigned long ptb_image_check_timeouts(struct ptb_image *img)
 {
+	unsigned long now = jiffies;
 	struct ptb_copy *c;
+	bool acted = false;
 
 	while ((c = list_first_entry_or_null(&img->copies_by_age, struct ptb_copy,
 					     age_node))) {
-		if (time_before(jiffies, c->deadline))
-			return c->deadline - jiffies;
+		if (time_before(now, c->deadline))
+			break;
 		list_del_init(&c->age_node);
 		ptb_copy_timeout(c);
+		acted = true;
 	}
-	return 0;
+	if (acted)
+		ptb_wake_worker(img->cow);
+	return c ? c->deadline - now : 0;
 }
 
 /*
@@ -1001,11 +1031,12 @@ static int ptb_image_hold_write(struct ptb_image *img, struct bio *bio)
 			if (!c)
 				return -ENOMEM;
 		} else if (c->timed_out) {
-			if (ptb_copy_timeout_fails(c))
+			/* Not waiting for it: fail, or go on unprotected. */
+			if (img->ops->failed(img, c->chunk, PTB_SITE_CBW, -ETIMEDOUT, true))
 				return -ETIMEDOUT;
-			if (!READ_ONCE(img->protected))
-				return 0;
+			return 0;
 		}
+		ptb_copy_arm_timeout(c);
 		bio_list_add(&c->waiters, bio);
 		return 1;
 	}

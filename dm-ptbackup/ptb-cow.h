@@ -107,11 +107,11 @@ struct ptb_image {
 	sector_t dev_sectors;		/* size of the device at the point in time */
 	struct block_device *origin;
 	struct block_device *target;
-	struct ptb_store store;		/* the layout on the target; worker */
+	struct ptb_store store;		/* target layout; worker (counters: any) */
 	/*
-	 * A copy older than this (jiffies, 0: no limit) fails the writes
-	 * that wait for it, as the owner's policy says.  Worker only: the
-	 * copies from the oldest on.
+	 * A copy that keeps a write waiting longer than this (jiffies, 0: no
+	 * limit) has timed out: the owner's policy applies.  Worker only: the
+	 * copies that writes wait for, the oldest deadline first.
 	 */
 	unsigned long cbw_timeout;
 	struct list_head copies_by_age;
@@ -169,7 +169,7 @@ struct ptb_image {
 struct ptb_read {
 	struct ptb_image *img;
 	struct bio_set *bs;		/* splits a read of saved and unsaved blocks */
-	struct ptb_read_guard *guard;	/* the chunk's, if it reads the origin */
+	struct ptb_read_guard *guard;	/* the chunk's: origin or mapped store */
 	bool submitted;			/* in img->reads_in_flight */
 };
 

@@ -511,6 +511,9 @@ static void ptb_job_record_error(struct ptb_job *job, enum ptb_error_site site,
 
 static void ptb_job_fail(struct ptb_job *job, enum ptb_error_site site, int err)
 {
+	/* A stopping job keeps the error that stopped it. */
+	if (!(BIT(READ_ONCE(job->state)) & PTB_CANCELLABLE_STATES))
+		return;
 	ptb_job_record_error(job, site, err);
 	if (ptb_job_transition(job, PTB_CANCELLABLE_STATES, PTB_JOB_FAILING))
 		DMERR("%s: job %s failed: %s error %d",
@@ -563,8 +566,11 @@ static bool ptb_job_copy_failed(struct ptb_image *img, unsigned long chunk,
 							     job->on_target_error);
 		return false;
 	}
-	if (!ptb_job_active(job))
+	if (!ptb_job_active(job)) {
+		/* Stopping: it may not have unprotected the image yet. */
+		ptb_image_unprotect(img);
 		return false;
+	}
 	if (job->on_cbw_error == PTB_CBW_BREAK_GUEST_WRITE) {
 		DMERR_LIMIT("%s: job %s: copy of chunk %lu failed (%d), failing the write",
 			    ptb_device_name(job->pd), job->id, chunk, err);
@@ -803,13 +809,13 @@ static u64 ptb_backup_begin(struct ptb_job *job)
 /* Retries, then the sweep; all copied once no chunk is left or in flight. */
 static unsigned long ptb_backup_advance(struct ptb_job *job, bool *all_copied)
 {
-	unsigned long delay;
+	unsigned long delay, now = jiffies;
 
 	if (job->sync == PTB_SYNC_NONE)
 		return 0;
 	if (job->retry_at) {
-		if (time_before(jiffies, job->retry_at))
-			return job->retry_at - jiffies;
+		if (time_before(now, job->retry_at))
+			return job->retry_at - now;
 		job->retry_at = 0;
 		job->cursor = 0;
 	}
@@ -821,7 +827,7 @@ static unsigned long ptb_backup_advance(struct ptb_job *job, bool *all_copied)
 	if (find_first_zero_bit(job->img.done, job->img.nr_chunks) < job->img.nr_chunks) {
 		/* Chunks skipped while in flight, or failed: go round again. */
 		job->cursor = 0;
-		return job->retry_at ? job->retry_at - jiffies : 1;
+		return job->retry_at ? max_t(long, 1, (long)(job->retry_at - jiffies)) : 1;
 	}
 	*all_copied = true;
 	return 0;

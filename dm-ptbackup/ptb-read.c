@@ -10,8 +10,11 @@
  * of a guarded chunk, once its data is on the target, waits (DRAINING)
  * before it marks the blocks saved and lets the writes waiting for it go.
  * Reads of a chunk with a copy in flight wait for the copy, so guards
- * cannot hold a copy back for ever.  A read of saved and unsaved blocks is
- * split where it changes from one to the other.
+ * cannot hold a copy back for ever.  With a mapped store every read holds
+ * the guard, reads of the store too: a release of the chunk waits for it,
+ * so the store chunk is not given to another chunk under the read.  A read
+ * of saved and unsaved blocks is split where it changes from one to the
+ * other.
  *
  * The end of a read (the view's end_io) gives its guard back, and fails
  * the read if its image stopped being protected meanwhile: from then on

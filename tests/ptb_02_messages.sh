@@ -35,7 +35,7 @@ refuse() {	# refuse DESC TEXT MESSAGE-WORDS...
 refuse "empty verb" "message needs a verb" backup
 refuse "unknown message" "unsupported message" backup stop x
 refuse "unknown job verb" "unsupported message" job frobnicate x
-refuse "backup start without target" "takes 2 to 9 arguments" backup start j1
+refuse "backup start without target" "takes 2 to 10 arguments" backup start j1
 refuse "invalid job id" "invalid job id" backup start 'a/b' "$tgt"
 refuse "job id too long" "invalid job id" backup start \
 	abcdefghijabcdefghijabcdefghijabc "$tgt"

@@ -23,7 +23,7 @@ zero_target() {
 }
 wr4k() {	# wr4k DEV BLOCK [COUNT]: write COUNT 4 KiB blocks in one write
 	head -c $((4096 * ${3:-1})) /dev/urandom |
-		dd of="$1" bs=$((4096 * ${3:-1})) count=1 seek=$(($2 * 4096)) \
+		dd iflag=fullblock of="$1" bs=$((4096 * ${3:-1})) count=1 seek=$(($2 * 4096)) \
 			oflag=direct,seek_bytes iflag=fullblock status=none
 }
 # The 4 KiB blocks where the target holds the origin's old data (the
@@ -41,14 +41,14 @@ wr4k $dm/ptb_b $((10 * 16 + 5))
 tap_eq "a first 4 KiB write to a chunk saves 4 KiB" 4096 "$(ptb_job_field ptb_b n done)"
 # A second write to chunk 10 (512 bytes inside block 7) saves the rest of
 # it: 15 blocks, not block 5 again.
-head -c 512 /dev/urandom | dd of=$dm/ptb_b bs=512 seek=$(((10 * 16 + 7) * 8 + 3)) \
+head -c 512 /dev/urandom | dd iflag=fullblock of=$dm/ptb_b bs=512 seek=$(((10 * 16 + 7) * 8 + 3)) \
 	oflag=direct status=none
 tap_eq "a second write to a partly saved chunk saves the rest of it" 65536 \
 	"$(ptb_job_field ptb_b n done)"
 wr4k $dm/ptb_b $((10 * 16 + 5))
 tap_eq "a chunk saved once is not saved again" 65536 "$(ptb_job_field ptb_b n done)"
 # 512 bytes inside block 7 of chunk 12, its first write: one 4 KiB block.
-head -c 512 /dev/urandom | dd of=$dm/ptb_b bs=512 seek=$(((12 * 16 + 7) * 8 + 3)) \
+head -c 512 /dev/urandom | dd iflag=fullblock of=$dm/ptb_b bs=512 seek=$(((12 * 16 + 7) * 8 + 3)) \
 	oflag=direct status=none
 tap_eq "a first 512-byte write saves its 4 KiB block" $((65536 + 4096)) \
 	"$(ptb_job_field ptb_b n done)"

@@ -27,7 +27,7 @@ read_ok() {	# read_ok N: chunk N of the view can be read
 	dd if="$view" of=/dev/null bs=$CH skip="$1" count=1 iflag=direct status=none 2>/dev/null
 }
 write_chunk() {	# write_chunk N: new data over chunk N of the ptbackup device
-	head -c $CH /dev/urandom | dd of="$dev" bs=$CH seek="$1" count=1 oflag=direct status=none
+	head -c $CH /dev/urandom | dd iflag=fullblock of="$dev" bs=$CH seek="$1" count=1 oflag=direct status=none
 }
 
 dm_msg ptb_d backup start pull "$store" sync=none

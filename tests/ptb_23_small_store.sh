@@ -37,7 +37,7 @@ chunks_of() {	# chunks_of DEV FIRST COUNT: sha256 of COUNT chunks
 }
 write_chunk() {	# write_chunk N [BYTES [OFFSET]]: new data into chunk N
 	head -c "${2:-$CH}" /dev/urandom |
-		dd of="$dev" bs="${2:-$CH}" seek=$(($1 * CH / ${2:-$CH} + ${3:-0})) count=1 \
+		dd iflag=fullblock of="$dev" bs="${2:-$CH}" seek=$(($1 * CH / ${2:-$CH} + ${3:-0})) count=1 \
 			oflag=direct status=none 2>/dev/null
 }
 write_chunks() {	# write_chunks FIRST COUNT: whole chunks, one write each

@@ -9,10 +9,10 @@
 . "$(dirname "$0")/lib/tap.sh"
 . "$(dirname "$0")/lib/ptb.sh"
 need_root
-need_cmd dmsetup qemu-nbd fio ip
+need_cmd dmsetup qemu-nbd nbdcopy fio ip
 /usr/bin/python3 -c 'import nbd' 2>/dev/null || tap_skip_all "python3-libnbd is not installed"
 
-tap_plan 18
+tap_plan 19
 mapfile -t devs < <(make_brd 4 32)
 origin=${devs[0]} base=${devs[1]} ref=${devs[2]} copy=${devs[3]}
 fill_random "$origin"
@@ -94,6 +94,8 @@ tap_check "one instant for the change bitmap and the job" \
 tap_check "qemu-nbd exports the view" serve full
 tap_check "the export takes trims" /usr/bin/nbdinfo --can trim "$URI"
 fio_start
+tap_eq "nbdcopy, which does not trim, reads the point in time" "$want0" \
+	"$(nbdcopy "$URI" - | sha256sum | cut -d' ' -f1)"
 tap_eq "the client read the whole export, trimming each range" \
 	$((sz * 512)) "$(pull --discard)"
 tap_eq "a write through NBD is refused by the server (the view's EIO)" refused "$(nbd_write)"
@@ -131,7 +133,7 @@ new_ref
 dm_msg ptb_n backup start fill "$store" sync=none
 serve fill
 for ((i = 0; i < SLOTS + 8; i++)); do
-	head -c $CH /dev/urandom | dd of="$dev" bs=$CH seek=$i oflag=direct status=none || break
+	head -c $CH /dev/urandom | dd iflag=fullblock of="$dev" bs=$CH seek=$i oflag=direct status=none || break
 done
 tap_eq "break-snapshot: every write to the device succeeded" $((SLOTS + 8)) "$i"
 tap_eq "the job failed on the full store" "failed cbw:-28" \
