@@ -33,6 +33,33 @@ result() {	# result STATUS NAME [DIRECTIVE]
 	esac
 }
 
+# run_test TEST: its TAP on stdout as comments, then its exit status; "hung"
+# if it has not ended (stuck in the kernel, unkillable) hang_s seconds after
+# its timeout: then the blocked tasks go to the kernel log, its tail is
+# shown, and the suite goes on without it.
+hang_s=${TEST_HANG_GRACE:-60}
+run_test() {
+	local rcfile waited=0 limit
+	rcfile=$(mktemp)
+	{ timeout -k 10 "$timeout_s" "$1" < /dev/null 2>&1; echo $? > "$rcfile"; } |
+		sed -u 's/^/# /' >&2 &
+	limit=$(((timeout_s + hang_s) * 5))
+	while kill -0 $! 2>/dev/null; do
+		if [ $waited -ge $limit ]; then
+			{ echo w > /proc/sysrq-trigger; } 2>/dev/null
+			sleep 1
+			dmesg | tail -n 120 | sed 's/^/# hung: /' >&2
+			echo hung
+			return
+		fi
+		sleep 0.2
+		waited=$((waited + 1))
+	done
+	wait $! 2>/dev/null
+	cat "$rcfile"
+	rm -f "$rcfile"
+}
+
 echo "TAP version 13"
 echo "1..$((${#tests[@]} + 2))"
 [ -n "${TESTS:-}" ] && [ ${#tests[@]} = 0 ] && echo "# no test matches TESTS='$TESTS'"
@@ -45,10 +72,10 @@ for t in "${tests[@]}"; do
 	name=${t##*/}
 	echo "# selftests: ptbackup: $name"
 	start=$(date +%s)
-	timeout -k 10 "$timeout_s" "$t" < /dev/null 2>&1 | sed -u 's/^/# /'
-	rc=${PIPESTATUS[0]}
+	rc=$(run_test "$t")
 	echo "# $name: exit $rc in $(($(date +%s) - start))s"
 	case $rc in
+	hung) result fail "$name" "HUNG (not ended ${hang_s}s after its timeout)" ;;
 	0) result ok "$name" ;;
 	4) result skip "$name" ;;
 	124|137) result fail "$name" "TIMEOUT ${timeout_s}s" ;;
