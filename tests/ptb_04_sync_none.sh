@@ -36,7 +36,7 @@ dd if=/tmp/new of=/dev/mapper/ptb_n bs=16k count=1 seek=$(((11 * 16 - 2) * 4096)
 	oflag=direct,seek_bytes status=none
 dd if=/dev/zero of=/dev/mapper/ptb_n bs=$CH seek=200 count=1 oflag=direct status=none
 dd if=/tmp/new of=/dev/mapper/ptb_n bs=$CH seek=255 oflag=direct status=none
-head -c 64k /dev/urandom | dd of=/dev/mapper/ptb_n bs=$CH seek=255 oflag=direct status=none
+head -c 64k /dev/urandom | dd iflag=fullblock of=/dev/mapper/ptb_n bs=$CH seek=255 oflag=direct status=none
 tap_eq "4 chunks and 2 blocks copied" $((4 * 65536 + 2 * 4096)) \
 	"$(ptb_job_field ptb_n snap done)"
 tap_eq "sync=none stays running" running "$(ptb_job_field ptb_n snap state)"

@@ -56,7 +56,7 @@ tap_eq "no progress while paused" "$b0" "$(done_bytes)"
 
 # A paused job still protects its chunks (chunk 1000 is not copied yet).
 dd if="$origin" of=/tmp/old bs=64k skip=1000 count=1 iflag=direct status=none
-head -c 64k /dev/urandom | dd of=/dev/mapper/$dev bs=64k seek=1000 oflag=direct status=none
+head -c 64k /dev/urandom | dd iflag=fullblock of=/dev/mapper/$dev bs=64k seek=1000 oflag=direct status=none
 tap_eq "a paused job still copies before write" "$(sha256sum < /tmp/old)" \
 	"$(dd if="$target" bs=64k skip=1000 count=1 iflag=direct status=none | sha256sum)"
 

@@ -17,7 +17,7 @@ scribble() {	# scribble N: N random 64 KiB writes at random chunks
 	local i
 	for ((i = 0; i < $1; i++)); do
 		head -c 64k /dev/urandom |
-			dd of=/dev/mapper/$dev bs=64k seek=$((RANDOM % (sz / 128))) oflag=direct status=none
+			dd iflag=fullblock of=/dev/mapper/$dev bs=64k seek=$((RANDOM % (sz / 128))) oflag=direct status=none
 	done
 }
 

@@ -17,7 +17,7 @@ mrefuse() {	# mrefuse DESC TEXT METADATA-DEV
 	dmsetup remove ptb_md >/dev/null 2>&1
 }
 
-head -c 8192 /dev/urandom | dd of="$mdisk" bs=4k oflag=direct status=none
+head -c 8192 /dev/urandom | dd iflag=fullblock of="$mdisk" bs=4k oflag=direct status=none
 mrefuse "foreign metadata is refused" "holds something else" "$mdisk"
 dd if=/dev/zero of="$mdisk" bs=1M oflag=direct status=none 2>/dev/null
 tap_check "a zeroed device is formatted" \

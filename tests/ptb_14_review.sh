@@ -279,7 +279,7 @@ craft set "$m8" nr_bits 'old*1024'
 craft set "$m8" nr_blocks "$(( ($(craft get "$m8" nr_bits) + 32767) / 32768 ))"
 # Set bits in every block of the enlarged area.
 head -c $((8 * 4096)) /dev/zero | tr '\0' '\377' |
-	dd of="$m8" bs=4k seek="$first" oflag=direct status=none
+	dd iflag=fullblock of="$m8" bs=4k seek="$first" oflag=direct status=none
 mrefuse "a bitmap larger than the device it covers is refused"
 craft set "$m8" nr_bits 'old-1'
 mrefuse "a bitmap smaller than the device it covers is refused"

@@ -18,7 +18,7 @@ dm_create $dev "0 $sz ptbackup $o - 128"
 dm_msg $dev bitmap add g256 granularity=256K
 dm_msg $dev bitmap add g64
 wr() {	# wr OFFSET-BYTES LENGTH-BYTES: random data, direct
-	head -c "$2" /dev/urandom | dd of=/dev/mapper/$dev bs="$2" seek="$1" \
+	head -c "$2" /dev/urandom | dd iflag=fullblock of=/dev/mapper/$dev bs="$2" seek="$1" \
 		oflag=direct,seek_bytes iflag=fullblock status=none
 }
 image() { sha_dev /dev/mapper/$dev; }

@@ -33,31 +33,40 @@ result() {	# result STATUS NAME [DIRECTIVE]
 	esac
 }
 
-# run_test TEST: its TAP on stdout as comments, then its exit status; "hung"
-# if it has not ended (stuck in the kernel, unkillable) hang_s seconds after
-# its timeout: then the blocked tasks go to the kernel log, its tail is
-# shown, and the suite goes on without it.
+# run_test TEST: its TAP on stderr as comments, then its exit status.  The
+# test runs in a session of its own with its output in a file (no pipe that
+# a process it left behind could hold open); once it has ended, what it left
+# running is killed.  "hung" if it has not ended (stuck in the kernel,
+# unkillable) hang_s seconds after its timeout: then the blocked tasks go
+# to the kernel log, its tail is shown, and the suite goes on without it.
 hang_s=${TEST_HANG_GRACE:-60}
 run_test() {
-	local rcfile waited=0 limit
-	rcfile=$(mktemp)
-	{ timeout -k 10 "$timeout_s" "$1" < /dev/null 2>&1; echo $? > "$rcfile"; } |
-		sed -u 's/^/# /' >&2 &
+	local out pid tailer waited=0 limit rc
+	out=$(mktemp)
+	setsid bash -c 'exec timeout -k 10 "$0" "$1" < /dev/null > "$2" 2>&1' \
+		"$timeout_s" "$1" "$out" &
+	pid=$!
+	tail -n +1 -f --pid=$pid "$out" 2>/dev/null | sed -u 's/^/# /' >&2 &
+	tailer=$!
 	limit=$(((timeout_s + hang_s) * 5))
-	while kill -0 $! 2>/dev/null; do
+	while kill -0 $pid 2>/dev/null; do
 		if [ $waited -ge $limit ]; then
 			{ echo w > /proc/sysrq-trigger; } 2>/dev/null
 			sleep 1
 			dmesg | tail -n 120 | sed 's/^/# hung: /' >&2
+			kill $tailer 2>/dev/null
 			echo hung
 			return
 		fi
 		sleep 0.2
 		waited=$((waited + 1))
 	done
-	wait $! 2>/dev/null
-	cat "$rcfile"
-	rm -f "$rcfile"
+	wait $pid
+	rc=$?
+	kill -KILL -- -$pid 2>/dev/null && echo "# (killed what the test left running)" >&2
+	wait $tailer 2>/dev/null
+	rm -f "$out"
+	echo $rc
 }
 
 echo "TAP version 13"
