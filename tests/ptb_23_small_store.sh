@@ -105,22 +105,34 @@ job_end p1
 new_ref
 dm_msg ptb_s backup start p2 "$store" sync=none
 view_open p2
-# Slow enough that what is written ahead of the reader fits in the store.
-fio --output=/dev/null --filename="$dev" --direct=1 --time_based --runtime=900 \
+# Concurrent random writes, at most 30 (each takes at most one store
+# chunk, whatever the speed of the reader), and after each step of the
+# reader 3 writes into the chunks it reads next: more chunks in all than
+# the store holds, never more than it holds at once.
+fio --output=/dev/null --filename="$dev" --direct=1 --number_ios=30 \
 	--name=w --ioengine=psync --rw=randwrite --bs=4k --rate_iops=4 &
 FIO_PID=$!
 tap_on_exit kill $FIO_PID
+write_ahead() {	# write_ahead FIRST: 3 random 4 KiB writes into chunks FIRST..FIRST+15
+	local k
+	for k in 1 2 3; do
+		head -c 4096 /dev/urandom | dd iflag=fullblock of="$dev" bs=4096 \
+			seek=$((($1 + RANDOM % 16) * CH / 4096 + RANDOM % (CH / 4096))) \
+			oflag=direct status=none || return 1
+	done
+}
 pull_ok=0
 for ((i = 0; i < NCH; i += 16)); do
 	dd if="$view" of="$copy" bs=$CH skip=$i seek=$i count=16 iflag=direct oflag=direct \
 		status=none && view_discard "$i" 16 || { pull_ok=1; break; }
+	[ $((i + 16)) -lt "$NCH" ] && { write_ahead $((i + 16)) || { pull_ok=2; break; }; }
 done
-kill $FIO_PID
+kill $FIO_PID 2>/dev/null
 wait $FIO_PID 2>/dev/null
 tap_eq "the pull read and discarded the whole view" 0 "$pull_ok"
 tap_eq "the copy equals the point in time" "$(sha_dev "$ref")" "$(sha_dev "$copy")"
 tap_eq "the job is still running" running "$(ptb_job_field ptb_s p2 state)"
-tap_check "the writes did need the store" test "$(info p2 saved)" -gt 0
+tap_check "the store served more chunks than it holds" test "$(info p2 saved)" -gt "$SLOTS"
 tap_eq "every chunk is released" "$NCH" "$(info p2 released)"
 tap_eq "and the store holds nothing" 0 "$(info p2 held)"
 tap_check "the origin did change" test "$(sha_dev "$origin")" != "$(sha_dev "$ref")"
