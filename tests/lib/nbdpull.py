@@ -4,14 +4,17 @@
 ranges of the export to the same offsets of OUT; with --discard, trim each
 range on the export once it is read, so that a small store suffices.
 
-  nbdpull.py URI OUT [--discard] [--step BYTES] [--extents FILE]
+  nbdpull.py URI OUT [--discard] [--step BYTES] [--extents FILE] [--each CMD]
 
 Without --extents the whole export is read in steps; with it only the
 "<offset> <length>" lines of FILE (a bitmap dump), applied onto OUT.
+With --each, the bash command CMD runs after each range, with OFF and
+LEN of that range in its environment (a test writes ahead of the reader).
 Prints the bytes read.  Exit 1 with a message if a read or trim fails.
 """
 import argparse
 import os
+import subprocess
 import sys
 
 import nbd
@@ -39,6 +42,7 @@ def main():
     ap.add_argument("--discard", action="store_true")
     ap.add_argument("--step", type=int, default=1 << 20)
     ap.add_argument("--extents")
+    ap.add_argument("--each")
     a = ap.parse_args()
 
     h = nbd.NBD()
@@ -60,6 +64,9 @@ def main():
                     h.trim(n, off)
                 except nbd.Error as e:
                     sys.exit(f"nbdpull: trim of {n} bytes at {off} failed: {e}")
+            if a.each and subprocess.run(["bash", "-c", a.each],
+                                         env=dict(os.environ, OFF=str(off), LEN=str(n))).returncode:
+                sys.exit(f"nbdpull: --each command failed after the range at {off}")
         os.fsync(fd)
     finally:
         os.close(fd)
