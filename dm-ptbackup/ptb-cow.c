@@ -1057,7 +1057,7 @@ static bool ptb_handle_write(struct ptb_cow *cow, struct bio *bio)
 			return r != -ENOMEM;
 	}
 
-	dm_submit_bio_remap(bio, NULL);
+	cow->submit_write(cow, bio);
 	return true;
 }
 

@@ -51,6 +51,8 @@ struct ptb_read_guard;
  */
 struct ptb_cow {
 	const char *name;		/* the device's, for log lines */
+	/* Submit a write that no image holds back any more (the owner's). */
+	void (*submit_write)(struct ptb_cow *cow, struct bio *bio);
 	/* The owner's mutex: image list changes happen under it. */
 	struct mutex *images_lock;
 	/* The images, read by the map path and the worker (RCU). */

@@ -14,6 +14,7 @@
 #include "ptb-gate.h"
 #include "ptb-job.h"
 #include "ptb-metadata.h"
+#include "ptb-mirror.h"
 
 #define DM_MSG_PREFIX "ptbackup"
 
@@ -67,6 +68,13 @@ static void ptb_tracking_marked(struct ptb_tracking *trk, struct bio *bio)
 	pd->write_ops->marked(pd, bio);
 }
 
+static void ptb_cow_submit_write(struct ptb_cow *cow, struct bio *bio)
+{
+	struct ptb_device *pd = container_of(cow, struct ptb_device, cow);
+
+	pd->write_ops->submit(pd, bio);
+}
+
 static const struct ptb_tracking_ops ptb_device_tracking_ops = {
 	.notify = ptb_tracking_notify,
 	.marked = ptb_tracking_marked,
@@ -97,6 +105,7 @@ static struct ptb_device *ptb_device_create(struct mapped_device *md,
 	mutex_init(&pd->lock);
 	mutex_init(&pd->event_lock);
 	INIT_LIST_HEAD(&pd->jobs);
+	INIT_LIST_HEAD(&pd->mirrors);
 	if (ptb_gate_init(&pd->gate, ptb_gate_released, ptb_gate_hold_released))
 		goto bad_gate;
 	if (ptb_bitmaps_init(&pd->trk, &ptb_device_tracking_ops,
@@ -104,6 +113,7 @@ static struct ptb_device *ptb_device_create(struct mapped_device *md,
 		goto bad_bitmaps;
 	if (ptb_cow_init(&pd->cow, dm_disk(md)->disk_name, &pd->lock))
 		goto bad_bitmaps;
+	pd->cow.submit_write = ptb_cow_submit_write;
 	list_add(&pd->node, &ptb_devices);
 	return pd;
 
@@ -119,6 +129,7 @@ bad_gate:
 static void ptb_device_shutdown(struct ptb_device *pd)
 {
 	mutex_lock(&pd->lock);
+	ptb_mirrors_cancel(pd);
 	ptb_jobs_cancel(pd);
 	mutex_unlock(&pd->lock);
 	ptb_bitmaps_exit(&pd->trk);
@@ -131,6 +142,7 @@ static void ptb_device_shutdown(struct ptb_device *pd)
 static void ptb_device_free(struct ptb_device *pd)
 {
 	mutex_lock(&pd->lock);
+	ptb_mirrors_destroy(pd);
 	ptb_jobs_destroy(pd);
 	mutex_unlock(&pd->lock);
 	ptb_cow_exit(&pd->cow);
@@ -198,6 +210,10 @@ static int ptb_device_check_origin(struct ptb_device *pd, struct ptb_target *pt,
 
 	if (ptb_device_jobs_elsewhere(pd, pt->origin->bdev)) {
 		*error = "Cannot change the origin device while a backup job is running";
+		return -EBUSY;
+	}
+	if (ptb_mirrors_elsewhere(pd, pt->origin->bdev, pt->ti->len)) {
+		*error = "Cannot change the origin device or the size while a mirror job is active";
 		return -EBUSY;
 	}
 	if (live && live->origin->bdev != pt->origin->bdev)
@@ -413,6 +429,7 @@ void ptb_device_presuspend_undo(struct ptb_device *pd)
 {
 	WRITE_ONCE(pd->suspended, false);
 	ptb_wake_worker(&pd->cow);
+	ptb_mirrors_resume(pd);
 }
 
 void ptb_device_postsuspend(struct ptb_device *pd)
@@ -420,6 +437,7 @@ void ptb_device_postsuspend(struct ptb_device *pd)
 	/* A worker pass that saw no suspend yet may still issue copies. */
 	flush_work(&pd->cow.worker);
 	wait_event(pd->cow.io_idle, !atomic_read(&pd->cow.io_in_flight));
+	ptb_mirrors_postsuspend(pd);
 	ptb_bitmaps_quiesce(&pd->trk);
 }
 
@@ -432,6 +450,11 @@ static int ptb_device_check_resume(struct ptb_device *pd, struct ptb_target *pt)
 {
 	if (ptb_device_jobs_elsewhere(pd, pt->origin->bdev)) {
 		DMERR("%s: resume: a backup job still copies from another origin device",
+		      ptb_device_name(pd));
+		return -EBUSY;
+	}
+	if (ptb_mirrors_elsewhere(pd, pt->origin->bdev, pt->ti->len)) {
+		DMERR("%s: resume: a mirror job is active on another origin or size: complete or cancel it",
 		      ptb_device_name(pd));
 		return -EBUSY;
 	}
@@ -485,4 +508,5 @@ void ptb_device_resume(struct ptb_target *pt)
 	mutex_unlock(&pd->event_lock);
 	WRITE_ONCE(pd->suspended, false);
 	ptb_wake_worker(&pd->cow);
+	ptb_mirrors_resume(pd);
 }

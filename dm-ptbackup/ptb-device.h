@@ -30,6 +30,8 @@ struct ptb_write_ops {
 	void (*hold_released)(struct ptb_device *pd);
 	/* A write's intent region is logged: on past tracking (work item). */
 	void (*marked)(struct ptb_device *pd, struct bio *bio);
+	/* A write the copy engine let go: on to the devices (its worker). */
+	void (*submit)(struct ptb_device *pd, struct bio *bio);
 };
 
 /*
@@ -55,7 +57,10 @@ struct ptb_device {
 
 	struct mutex lock;		/* messages, job list changes */
 	struct list_head jobs;
-	unsigned int nr_jobs;
+	struct list_head mirrors;	/* mirror jobs (ptb-mirror.c) */
+	unsigned int nr_jobs;		/* backup and mirror jobs */
+	/* The active mirror job: the write path's (RCU), set under lock. */
+	struct ptb_mirror __rcu *mirror;
 
 	struct ptb_gate gate;		/* write accounting, the write hold */
 	struct ptb_tracking trk;	/* dirty bitmaps, metadata, intent log */

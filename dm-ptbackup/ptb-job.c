@@ -40,13 +40,14 @@
 #include "ptb-cow.h"
 #include "ptb-gate.h"
 #include "ptb-job.h"
+#include "ptb-mirror.h"
+#include "ptb-rate.h"
 
 #define DM_MSG_PREFIX "ptbackup"
 
 static const struct ptb_image_ops ptb_job_image_ops;
 
 #define PTB_RETRY_DELAY		(HZ / 10)
-#define PTB_RATE_BURST_NS	(50 * NSEC_PER_MSEC)
 
 #define PTB_ACTIVE_STATES	(BIT(PTB_JOB_RUNNING) | BIT(PTB_JOB_PAUSED) | \
 				 BIT(PTB_JOB_FLUSHING) | BIT(PTB_JOB_HANDING_OVER))
@@ -184,7 +185,8 @@ static void ptb_job_free(struct ptb_job *job)
 }
 
 /* Checks that need no open: the target exists and is none of our devices. */
-int ptb_job_check_target(struct ptb_target *pt, const char *id, const char *path)
+int ptb_job_check_target(struct ptb_target *pt, const char *verb, const char *id,
+			 const char *path)
 {
 	struct ptb_device *pd = pt->pd;
 	const char *name = ptb_device_name(pd);
@@ -193,23 +195,23 @@ int ptb_job_check_target(struct ptb_target *pt, const char *id, const char *path
 
 	r = lookup_bdev(path, &dev);
 	if (r) {
-		DMERR("%s: backup start %s: cannot find target block device %s (%d)",
-		      name, id, path, r);
+		DMERR("%s: %s %s: cannot find target block device %s (%d)",
+		      name, verb, id, path, r);
 		return r;
 	}
 	if (dev == pt->origin->bdev->bd_dev) {
-		DMERR("%s: backup start %s: target %s is the origin device",
-		      name, id, path);
+		DMERR("%s: %s %s: target %s is the origin device",
+		      name, verb, id, path);
 		return -EINVAL;
 	}
 	if (pt->metadata && dev == pt->metadata->bdev->bd_dev) {
-		DMERR("%s: backup start %s: target %s is the metadata device",
-		      name, id, path);
+		DMERR("%s: %s %s: target %s is the metadata device",
+		      name, verb, id, path);
 		return -EINVAL;
 	}
 	if (dev == disk_devt(dm_disk(pd->md))) {
-		DMERR("%s: backup start %s: target %s is this device itself",
-		      name, id, path);
+		DMERR("%s: %s %s: target %s is this device itself",
+		      name, verb, id, path);
 		return -EINVAL;
 	}
 	return 0;
@@ -371,7 +373,7 @@ static int ptb_job_check_start(struct ptb_target *pt,
 	const char *name = ptb_device_name(pd);
 	int r;
 
-	if (ptb_job_find(pd, p->id)) {
+	if (ptb_job_find(pd, p->id) || ptb_mirror_find(pd, p->id)) {
 		DMERR("%s: backup start: job %s already exists", name, p->id);
 		return -EEXIST;
 	}
@@ -385,7 +387,7 @@ static int ptb_job_check_start(struct ptb_target *pt,
 		      name, p->id, PTB_MAX_JOBS);
 		return -ENOSPC;
 	}
-	r = ptb_job_check_target(pt, p->id, p->target_path);
+	r = ptb_job_check_target(pt, "backup start", p->id, p->target_path);
 	return r ? r : ptb_job_check_bitmap(pt, p, bitmap);
 }
 
@@ -585,32 +587,15 @@ static bool ptb_job_copy_failed(struct ptb_image *img, unsigned long chunk,
 
 /* The background sweep and completion.  Worker only. */
 
-/*
- * May the sweep issue another chunk now?  Returns 0 if so, else the delay
- * in jiffies until it may.  The rate limit is a virtual clock: each chunk
- * moves rate_next on by its length at the job's speed, and the sweep may
- * run up to PTB_RATE_BURST_NS ahead of real time.
- */
+/* May the sweep issue another chunk now?  0 if so, else the delay. */
 static unsigned long ptb_job_rate_delay(struct ptb_job *job, ktime_t now)
 {
-	s64 ahead = ktime_to_ns(ktime_sub(job->rate_next, now));
-
-	if (!READ_ONCE(job->speed) || ahead <= PTB_RATE_BURST_NS)
-		return 0;
-	return max_t(unsigned long, 1,
-		     nsecs_to_jiffies(ahead - PTB_RATE_BURST_NS));
+	return ptb_rate_delay(job->rate_next, READ_ONCE(job->speed), now);
 }
 
 static void ptb_job_rate_charge(struct ptb_job *job, ktime_t now, u64 bytes)
 {
-	u64 speed = READ_ONCE(job->speed);
-
-	if (!speed)
-		return;
-	if (ktime_before(job->rate_next, now))
-		job->rate_next = now;
-	job->rate_next = ktime_add_ns(job->rate_next,
-				      div64_u64(bytes * NSEC_PER_SEC, speed));
+	ptb_rate_charge(&job->rate_next, READ_ONCE(job->speed), now, bytes);
 }
 
 /*
@@ -624,15 +609,11 @@ static unsigned int ptb_job_run_length(struct ptb_job *job, unsigned long chunk,
 {
 	struct ptb_image *img = &job->img;
 	unsigned int cshift = img->chunk_shift + SECTOR_SHIFT;
-	u64 speed = READ_ONCE(job->speed), burst;
+	u64 burst = ptb_rate_burst_bytes(READ_ONCE(job->speed));
 	unsigned int n = 1;
 
 	max = min(max, max(1U, PTB_RUN_MAX_BYTES >> cshift));
-	if (speed) {
-		/* The bytes the limit allows in one burst. */
-		burst = div64_u64(speed, NSEC_PER_SEC / PTB_RATE_BURST_NS);
-		max = min_t(u64, max, max_t(u64, 1, burst >> cshift));
-	}
+	max = min_t(u64, max, max_t(u64, 1, burst >> cshift));
 	while (n < max && chunk + n < img->nr_chunks &&
 	       !test_bit(chunk + n, img->done) && !ptb_copy_in_flight(img, chunk + n))
 		n++;

@@ -119,8 +119,8 @@ struct ptb_job {
 
 struct ptb_job *ptb_job_find(struct ptb_device *pd, const char *id);
 int ptb_job_start(struct ptb_target *pt, const struct ptb_job_params *p);
-int ptb_job_check_target(struct ptb_target *pt, const char *id,
-			 const char *path);
+int ptb_job_check_target(struct ptb_target *pt, const char *verb,
+			 const char *id, const char *path);
 int ptb_job_dismiss(struct ptb_job *job);
 int ptb_job_open_view(struct ptb_device *pd, const char *id, struct ptb_job **jobp,
 		      char **error);

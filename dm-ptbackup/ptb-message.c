@@ -17,6 +17,7 @@
 #include "ptb-gate.h"
 #include "ptb-job.h"
 #include "ptb-message.h"
+#include "ptb-mirror.h"
 
 #define DM_MSG_PREFIX "ptbackup"
 
@@ -273,16 +274,94 @@ static int ptb_msg_backup_start(struct ptb_target *pt, unsigned int argc,
 
 /*----------------------------------------------------------------*/
 
+/* mirror start <id> <target> [sync=full|none] [speed=R] [on_target_error=P] */
+
+static const struct ptb_choice ptb_mirror_sync_choices[] = {
+	{ "full", PTB_SYNC_FULL },
+	{ "none", PTB_SYNC_NONE },
+	{ }
+};
+
+static int ptb_parse_mirror_option(const char *dev, struct ptb_mirror_params *p,
+				   char *arg, unsigned long *seen)
+{
+	static const char * const names[] = { "sync", "speed", "on_target_error" };
+	char *value = strchr(arg, '=');
+	int opt, v = 0, r;
+
+	if (value)
+		*value++ = '\0';
+	for (opt = 0; opt < ARRAY_SIZE(names); opt++)
+		if (!strcmp(arg, names[opt]))
+			break;
+	if (!value || opt == ARRAY_SIZE(names)) {
+		DMERR("%s: mirror start %s: unknown option `%s' (known: sync=full|none, speed=<bytes/s>, on_target_error=report|ignore|stop)",
+		      dev, p->id, arg);
+		return -EINVAL;
+	}
+	if (__test_and_set_bit(opt, seen)) {
+		DMERR("%s: mirror start %s: option `%s' given twice", dev, p->id, arg);
+		return -EINVAL;
+	}
+	if (opt == 0)
+		r = ptb_parse_choice(ptb_mirror_sync_choices, value, &v);
+	else if (opt == 1)
+		r = ptb_parse_size(value, &p->speed);
+	else
+		r = ptb_parse_choice(ptb_error_choices, value, &v);
+	if (r) {
+		DMERR("%s: mirror start %s: invalid value `%s' for %s", dev, p->id,
+		      value, arg);
+		return r;
+	}
+	if (opt == 0)
+		p->sync = v;
+	else if (opt == 2)
+		p->on_target_error = v;
+	return 0;
+}
+
+static int ptb_msg_mirror_start(struct ptb_target *pt, unsigned int argc,
+				char **argv, char *result, unsigned int maxlen)
+{
+	const char *dev = ptb_device_name(pt->pd);
+	struct ptb_mirror_params p = {
+		.target_path = argv[1],
+		.sync = PTB_SYNC_FULL,
+		.on_target_error = PTB_ERR_REPORT,
+	};
+	unsigned long seen = 0;
+	unsigned int i;
+	int r;
+
+	if (!ptb_valid_name(argv[0])) {
+		DMERR("%s: mirror start: invalid job id `%s': use 1 to %u of [A-Za-z0-9._:-]",
+		      dev, argv[0], PTB_JOB_ID_MAX);
+		return -EINVAL;
+	}
+	strscpy(p.id, argv[0], sizeof(p.id));
+	for (i = 2; i < argc; i++) {
+		r = ptb_parse_mirror_option(dev, &p, argv[i], &seen);
+		if (r)
+			return r;
+	}
+	return ptb_mirror_start(pt, &p);
+}
+
+/*----------------------------------------------------------------*/
+
 /* job <verb> <id> ... */
 
-static struct ptb_job *ptb_msg_find_job(struct ptb_target *pt, const char *verb,
-					const char *id)
+/* The backup job (*jobp) or mirror job (*mp) of that id; -ENOENT: none. */
+static int ptb_msg_find_job(struct ptb_target *pt, const char *verb, const char *id,
+			    struct ptb_job **jobp, struct ptb_mirror **mp)
 {
-	struct ptb_job *job = ptb_job_find(pt->pd, id);
-
-	if (!job)
-		DMERR("%s: job %s: no job `%s'", ptb_device_name(pt->pd), verb, id);
-	return job;
+	*jobp = ptb_job_find(pt->pd, id);
+	*mp = *jobp ? NULL : ptb_mirror_find(pt->pd, id);
+	if (*jobp || *mp)
+		return 0;
+	DMERR("%s: job %s: no job `%s'", ptb_device_name(pt->pd), verb, id);
+	return -ENOENT;
 }
 
 static int ptb_msg_job_result(struct ptb_target *pt, const char *verb,
@@ -297,55 +376,104 @@ static int ptb_msg_job_result(struct ptb_target *pt, const char *verb,
 static int ptb_msg_job_cancel(struct ptb_target *pt, unsigned int argc,
 			      char **argv, char *result, unsigned int maxlen)
 {
-	struct ptb_job *job = ptb_msg_find_job(pt, "cancel", argv[0]);
+	struct ptb_mirror *m;
+	struct ptb_job *job;
+	int r = ptb_msg_find_job(pt, "cancel", argv[0], &job, &m);
 
-	return job ? ptb_msg_job_result(pt, "cancel", job, ptb_job_cancel(job)) : -ENOENT;
+	if (r)
+		return r;
+	if (m)
+		return ptb_mirror_cancel(m);
+	return ptb_msg_job_result(pt, "cancel", job, ptb_job_cancel(job));
+}
+
+static int ptb_msg_job_complete(struct ptb_target *pt, unsigned int argc,
+				char **argv, char *result, unsigned int maxlen)
+{
+	struct ptb_mirror *m;
+	struct ptb_job *job;
+	int r = ptb_msg_find_job(pt, "complete", argv[0], &job, &m);
+
+	if (r)
+		return r;
+	if (job) {
+		DMERR("%s: job complete %s: a backup job completes by itself; only mirror jobs take `job complete'",
+		      ptb_device_name(pt->pd), job->id);
+		return -EINVAL;
+	}
+	return ptb_mirror_complete(m);
 }
 
 static int ptb_msg_job_pause(struct ptb_target *pt, unsigned int argc,
 			     char **argv, char *result, unsigned int maxlen)
 {
-	struct ptb_job *job = ptb_msg_find_job(pt, "pause", argv[0]);
+	struct ptb_mirror *m;
+	struct ptb_job *job;
+	int r = ptb_msg_find_job(pt, "pause", argv[0], &job, &m);
 
-	return job ? ptb_msg_job_result(pt, "pause", job, ptb_job_pause(job)) : -ENOENT;
+	if (r)
+		return r;
+	if (m) {
+		DMERR("%s: job pause %s: a mirror job cannot be paused: set_speed slows its copy",
+		      ptb_device_name(pt->pd), argv[0]);
+		return -EINVAL;
+	}
+	return ptb_msg_job_result(pt, "pause", job, ptb_job_pause(job));
 }
 
 static int ptb_msg_job_resume(struct ptb_target *pt, unsigned int argc,
 			      char **argv, char *result, unsigned int maxlen)
 {
-	struct ptb_job *job = ptb_msg_find_job(pt, "resume", argv[0]);
+	struct ptb_mirror *m;
+	struct ptb_job *job;
+	int r = ptb_msg_find_job(pt, "resume", argv[0], &job, &m);
 
-	return job ? ptb_msg_job_result(pt, "resume", job, ptb_job_resume(job)) : -ENOENT;
+	if (r)
+		return r;
+	if (m)
+		return ptb_mirror_resume(m);
+	return ptb_msg_job_result(pt, "resume", job, ptb_job_resume(job));
 }
 
 static int ptb_msg_job_dismiss(struct ptb_target *pt, unsigned int argc,
 			       char **argv, char *result, unsigned int maxlen)
 {
-	struct ptb_job *job = ptb_msg_find_job(pt, "dismiss", argv[0]);
+	struct ptb_mirror *m;
+	struct ptb_job *job;
+	int r = ptb_msg_find_job(pt, "dismiss", argv[0], &job, &m);
 
-	if (job && job->nr_views) {
+	if (r)
+		return r;
+	if (m)
+		return ptb_mirror_dismiss(m);
+	if (job->nr_views) {
 		DMERR("%s: job dismiss %s: %u view(s) of the job are open: remove them first",
 		      ptb_device_name(pt->pd), job->id, job->nr_views);
 		return -EBUSY;
 	}
-	return job ? ptb_msg_job_result(pt, "dismiss", job, ptb_job_dismiss(job)) : -ENOENT;
+	return ptb_msg_job_result(pt, "dismiss", job, ptb_job_dismiss(job));
 }
 
 static int ptb_msg_job_set_speed(struct ptb_target *pt, unsigned int argc,
 				 char **argv, char *result, unsigned int maxlen)
 {
+	struct ptb_mirror *m;
 	struct ptb_job *job;
 	u64 speed;
+	int r;
 
 	if (ptb_parse_size(argv[1], &speed)) {
 		DMERR("%s: job set_speed %s: invalid speed `%s' (bytes/s, K/M/G suffix)",
 		      ptb_device_name(pt->pd), argv[0], argv[1]);
 		return -EINVAL;
 	}
-	job = ptb_msg_find_job(pt, "set_speed", argv[0]);
-	if (!job)
-		return -ENOENT;
-	ptb_job_set_speed(job, speed);
+	r = ptb_msg_find_job(pt, "set_speed", argv[0], &job, &m);
+	if (r)
+		return r;
+	if (m)
+		ptb_mirror_set_speed(m, speed);
+	else
+		ptb_job_set_speed(job, speed);
 	return 0;
 }
 
@@ -357,6 +485,7 @@ static int ptb_msg_job_list(struct ptb_target *pt, unsigned int argc,
 
 	list_for_each_entry(job, &pt->pd->jobs, node)
 		sz = ptb_job_emit(job, result, maxlen, sz, true);
+	sz = ptb_mirrors_emit(pt->pd, result, maxlen, sz, true);
 	if (!sz)
 		result[0] = '\0';
 	return 1;
@@ -498,7 +627,9 @@ static int ptb_msg_bitmap_dump(struct ptb_target *pt, unsigned int argc,
 static const struct ptb_message_handler ptb_handlers[] = {
 	{ "backup", "start", PTB_MSG_BACKUP_START, 2, 2 + PTB_NR_OPTS,
 	  ptb_msg_backup_start },
+	{ "mirror", "start", PTB_MSG_OTHER, 2, 5, ptb_msg_mirror_start },
 	{ "job", "cancel", PTB_MSG_OTHER, 1, 1, ptb_msg_job_cancel },
+	{ "job", "complete", PTB_MSG_OTHER, 1, 1, ptb_msg_job_complete },
 	{ "job", "pause", PTB_MSG_OTHER, 1, 1, ptb_msg_job_pause },
 	{ "job", "resume", PTB_MSG_OTHER, 1, 1, ptb_msg_job_resume },
 	{ "job", "dismiss", PTB_MSG_OTHER, 1, 1, ptb_msg_job_dismiss },
@@ -665,12 +796,12 @@ static int ptb_txn_check(struct ptb_target *pt, struct ptb_txn_view *v,
 		if (r)
 			return r;
 		if (ptb_view_find(v, e->p.id, true) >= 0 ||
-		    ptb_job_find(pt->pd, e->p.id)) {
+		    ptb_job_find(pt->pd, e->p.id) || ptb_mirror_find(pt->pd, e->p.id)) {
 			DMERR("%s: transaction element %u: job %s already exists",
 			      dev, n, e->p.id);
 			return -EEXIST;
 		}
-		r = ptb_job_check_target(pt, e->p.id, e->p.target_path);
+		r = ptb_job_check_target(pt, "backup start", e->p.id, e->p.target_path);
 		if (r)
 			return r;
 		if (e->p.bitmap) {

@@ -24,6 +24,7 @@
 #include "ptb-job.h"
 #include "ptb-message.h"
 #include "ptb-metadata.h"
+#include "ptb-mirror.h"
 #include "ptb-view.h"
 
 #define DM_MSG_PREFIX "ptbackup"
@@ -220,15 +221,40 @@ static void ptb_split_write(struct ptb_target *pt, struct bio *bio)
 }
 
 /*
+ * The last step of a write: to the origin, or through the active mirror
+ * job to the origin and its target.  Returns a DM_MAPIO_* verdict.
+ */
+static int ptb_remap_write(struct ptb_device *pd, struct bio *bio)
+{
+	struct ptb_mirror *m;
+
+	if (likely(!rcu_access_pointer(pd->mirror)))
+		return DM_MAPIO_REMAPPED;
+	rcu_read_lock();
+	m = ptb_mirror_get(pd);
+	rcu_read_unlock();
+	if (!m)
+		return DM_MAPIO_REMAPPED;
+	ptb_mirror_write(m, bio);
+	return DM_MAPIO_SUBMITTED;
+}
+
+static void ptb_submit_write(struct ptb_device *pd, struct bio *bio)
+{
+	if (ptb_remap_write(pd, bio) == DM_MAPIO_REMAPPED)
+		dm_submit_bio_remap(bio, NULL);
+}
+
+/*
  * The write path, once past the gate: tracking may first need the write's
  * intent logged (the marker hands it back through ptb_write_marked()),
  * then the copy engine may need old data saved first (its worker submits
- * it).  Returns a DM_MAPIO_* verdict.
+ * it), then a mirror job duplicates it.  Returns a DM_MAPIO_* verdict.
  */
 static int ptb_route_cow(struct ptb_device *pd, struct bio *bio)
 {
 	if (likely(list_empty(&pd->cow.images)) || !ptb_write_needs_cow(&pd->cow, bio))
-		return DM_MAPIO_REMAPPED;
+		return ptb_remap_write(pd, bio);
 	ptb_defer_bio(&pd->cow, bio);
 	return DM_MAPIO_SUBMITTED;
 }
@@ -272,6 +298,7 @@ static const struct ptb_write_ops ptb_write_ops = {
 	.released = ptb_writes_released,
 	.hold_released = ptb_hold_released,
 	.marked = ptb_write_marked,
+	.submit = ptb_submit_write,
 };
 
 static int ptb_map(struct dm_target *ti, struct bio *bio)
@@ -285,8 +312,10 @@ static int ptb_map(struct dm_target *ti, struct bio *bio)
 	if (bio_sectors(bio))
 		bio->bi_iter.bi_sector = dm_target_offset(ti, bio->bi_iter.bi_sector);
 
-	if (!op_is_write(bio_op(bio)) || !bio_sectors(bio))
+	if (!op_is_write(bio_op(bio)))
 		return DM_MAPIO_REMAPPED;
+	if (!bio_sectors(bio))
+		return ptb_remap_write(pd, bio);	/* a flush */
 
 	if (!list_empty(&pd->cow.images) || READ_ONCE(pd->gate.hold_writes))
 		ptb_split_write(pt, bio);
@@ -383,6 +412,7 @@ static void ptb_status(struct dm_target *ti, status_type_t type,
 		       pd->nr_jobs);
 		list_for_each_entry(job, &pd->jobs, node)
 			sz = ptb_job_emit(job, result, maxlen, sz, false);
+		sz = ptb_mirrors_emit(pd, result, maxlen, sz, false);
 		mutex_unlock(&pd->lock);
 		break;
 

@@ -100,13 +100,29 @@ enum ptb_error_site {
 struct ptb_device;
 struct ptb_target;
 struct ptb_job;
+struct ptb_mirror;
 struct ptb_bitmap;
 struct ptb_metadata;
 struct ptb_tracking_load;
 
+/* A write on its way to a mirror job's target and the origin (ptb-mirror.c). */
+struct ptb_mirror_io {
+	struct ptb_mirror *m;
+	struct list_head node;		/* m->writes while in flight; m->lock */
+	sector_t sector;
+	sector_t end;
+	atomic_t pending;		/* clones not yet ended */
+	blk_status_t origin_status;
+	blk_status_t target_status;
+	bool tracked;			/* on m->writes */
+	bool mirrored;			/* sent to the target too */
+	u8 route;			/* enum ptb_mirror_route, when admitted */
+};
+
 /* Per-bio data. */
 struct ptb_bio {
 	bool counted;			/* in pd->writes_in_flight */
+	struct ptb_mirror_io mirror;	/* a write while a mirror job runs */
 };
 
 static inline unsigned long ptb_sector_to_chunk(sector_t sector,

@@ -22,7 +22,7 @@ esac
 pkgs=(build-essential linux-image-amd64 linux-headers-amd64 qemu-system-x86
 	busybox-static fio sparse libdevmapper-dev dmsetup e2fsprogs cpio kmod
 	xz-utils bc util-linux coreutils dosfstools gnuplot-nox
-	qemu-utils python3-libnbd libnbd-bin iproute2)
+	qemu-utils python3-libnbd libnbd-bin iproute2 nbd-client)
 
 SUDO=
 if [ "$(id -u)" != 0 ]; then
