@@ -17,7 +17,7 @@ import json, sys
 res = json.load(open(sys.argv[1]))
 fig = {(f["group"], f["config"], f["metric"]): f["median"] for f in res["figures"]}
 order = ["linear", "era", "snapshot-4k", "snapshot-64k", "ptbackup", "bitmap",
-         "sync-none", "sync-full"]
+         "sync-none", "sync-full", "raid1", "mirror"]
 with open(sys.argv[2] + "/write.dat", "w") as out:
     out.write("config qd16 qd1 seq1m\n")
     for c in order:

@@ -4,7 +4,8 @@
 # run, every figure a ratio to its baseline measured in that run.
 #
 #   write path    4 KiB random writes (IOPS, p50/p99 latency) at iodepth 16
-#                 and 1, 1 MiB sequential writes; baseline dm-linear
+#                 and 1, 1 MiB sequential writes; baseline dm-linear, and
+#                 for a mirror job dm-raid1 over the same two ram disks
 #   cbw           first writes to never-copied chunks right after the point
 #                 in time; baseline a fresh dm-snapshot with 64 KiB chunks
 #   backup        full backup of an idle origin against dd, incremental
@@ -33,7 +34,7 @@ rec=/tmp/bench-records.tsv
 
 die() { echo "bench: $*" >&2; exit 1; }
 modprobe brd rd_nr=5 rd_size=$((mb * 1024)) max_part=0 || die "cannot load brd"
-for m in dm-era dm-snapshot dm-zero dm-ptbackup; do
+for m in dm-era dm-snapshot dm-zero dm-mirror dm-ptbackup; do
 	modprobe "$m" || die "cannot load $m"
 done
 O=/dev/ram0 M=/dev/ram1 T=/dev/ram3
@@ -91,6 +92,12 @@ setup_sync_none() {
 setup_sync_full() {
 	setup_ptbackup && dmsetup message bench 0 backup start j $T
 }
+# Two-way mirrors of the origin onto T: dm-raid1 (core log, no initial
+# resync) and a ptbackup mirror job that starts ready (sync=none).
+setup_raid1() { dmsetup create bench --table "0 $sz mirror core 2 128 nosync 2 $O 0 $T 0"; }
+setup_mirror() {
+	setup_ptbackup && dmsetup message bench 0 mirror start j $T sync=none
+}
 teardown() { dm_rm bench; dm_rm bench-snap; }
 
 job_done() {	# job_done -> bytes copied by job j of device bench
@@ -115,7 +122,7 @@ measure() {
 	record write "$config" "${name}_kib_s" "${kib:-0}"
 }
 
-read -ra write_configs <<< "${BENCH_CONFIGS:-linear era snapshot-4k snapshot-64k ptbackup bitmap sync-none sync-full}"
+read -ra write_configs <<< "${BENCH_CONFIGS:-linear era snapshot-4k snapshot-64k ptbackup bitmap sync-none sync-full raid1 mirror}"
 parts=" ${BENCH_PARTS:-write cbw backup memory} "
 part() { [[ $parts == *" $1 "* ]]; }
 

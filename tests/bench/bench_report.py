@@ -75,7 +75,21 @@ def goal_rows(figures):
 
 
 WRITE_CONFIGS = ["linear", "era", "snapshot-4k", "snapshot-64k", "ptbackup",
-                 "bitmap", "sync-none", "sync-full"]
+                 "bitmap", "sync-none", "sync-full", "raid1", "mirror"]
+
+# A mirror job against dm-raid1 on the same two devices: (label, metric).
+MIRROR_METRICS = [("4k qd16 IOPS", "rand4k_qd16_iops"), ("4k qd16 p99 us", "rand4k_qd16_p99_us"),
+                  ("4k qd1 IOPS", "rand4k_qd1_iops"), ("4k qd1 p50 us", "rand4k_qd1_p50_us"),
+                  ("1M seq KiB/s", "seq1m_kib_s")]
+
+
+def mirror_rows(figures):
+    rows = []
+    for label, m in MIRROR_METRICS:
+        rows.append({"name": label, "mirror": figures.get(("write", "mirror", m), {}).get("median"),
+                     "raid1": figures.get(("write", "raid1", m), {}).get("median"),
+                     "ratio": ratio(figures, ("write", "mirror", m), ("write", "raid1", m))})
+    return rows
 
 
 def cell(figures, key, base_key):
@@ -106,6 +120,13 @@ def print_tables(figures, rows):
         val = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
         sign = ">=" if r["kind"] == "min" else "<="
         print(f"  {'met ' if r['met'] else 'MISS'} {val:>7} (goal {sign} {r['goal']})  {r['name']}")
+    mrows = [r for r in mirror_rows(figures) if r["ratio"] is not None]
+    if mrows:
+        print()
+        print("mirror job vs dm-raid1 on the same devices (latency: lower is better)")
+        for r in mrows:
+            print(f"  {r['name']:<16} mirror {r['mirror']:>10.0f}  dm-raid1 {r['raid1']:>10.0f}"
+                  f"  ratio {r['ratio']:.3f}")
     print()
     print("memory per TiB of origin (KiB)")
     for c in ("bitmap-64K", "bitmap-1M", "job"):
@@ -138,6 +159,7 @@ def main():
         "figures": [{"group": g, "config": c, "metric": m, **v}
                     for (g, c, m), v in sorted(figures.items())],
         "goals": rows,
+        "mirror_vs_raid1": mirror_rows(figures),
     }
     try:
         with open(a.output, "w") as f:
