@@ -91,7 +91,7 @@ struct ptb_mirror {
 	unsigned long nr_chunks;
 	sector_t dev_sectors;
 
-	spinlock_t lock;
+	spinlock_t lock;		/* the fields below up to retry_at */
 	unsigned long *out_of_sync;	/* chunks the target lacks; lock */
 	struct list_head writes;	/* writes in flight; lock */
 	struct list_head copies;	/* resync copies registered; lock */
@@ -1035,7 +1035,7 @@ static u64 ptb_mirror_out_of_sync_bytes(const struct ptb_mirror *m)
 
 /* Like ptb_job_emit(): a status line's job, or a line of `job list'. */
 static unsigned int ptb_mirror_emit(const struct ptb_mirror *m, char *result,
-			     unsigned int maxlen, unsigned int sz, bool verbose)
+				    unsigned int maxlen, unsigned int sz, bool verbose)
 {
 	u64 total = (u64)m->dev_sectors << SECTOR_SHIFT;
 	u64 out = ptb_mirror_out_of_sync_bytes(m);

@@ -10,12 +10,12 @@
  * a copy and a write of the same blocks never overlap: the copy waits for
  * the writes in flight there, later writes wait for the copy.
  *
- *   syncing --nothing out of sync, no copy in flight--> ready
- *   ready --a chunk out of sync (origin error, unmirrorable discard)--> syncing
- *   syncing, ready --target error, on_target_error=report|stop--> degraded
- *   degraded --job resume--> syncing
- *   ready --job complete--> completed
- *   syncing, ready, degraded --job cancel, removal--> cancelled
+ *   syncing  --nothing out of sync, no copy in flight-->  ready
+ *   degraded --job resume------------------------------>  syncing
+ *   ready    --a chunk out of sync (origin error, ...)-->  syncing
+ *   ready    --job complete---------------------------->  completed
+ *   syncing, ready --target error (report, stop)------->  degraded
+ *   any of the three above --job cancel, removal------>  cancelled
  *
  * A degraded job sends nothing to the target: writes go to the origin and
  * are recorded (report), or fail (stop), until `job resume'.
