@@ -433,11 +433,12 @@ static void ptb_mirror_copy_end(int read_err, unsigned long write_err, void *con
 		atomic64_add((u64)(c->end - c->sector) << SECTOR_SHIFT, &m->bytes_copied);
 	while ((bio = bio_list_pop(&admitted)))
 		ptb_mirror_dispatch(m, bio, ptb_mirror_io_of(bio)->route);
-	ptb_mirror_kick(m);
 
+	/* The worker runs after the count: the last copy may make it ready. */
 	spin_lock_irqsave(&m->lock, flags);
 	WRITE_ONCE(m->nr_copies, m->nr_copies - 1);
 	wake_up_all(&m->idle);
+	ptb_mirror_kick(m);
 	spin_unlock_irqrestore(&m->lock, flags);
 }
 
