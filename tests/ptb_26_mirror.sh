@@ -4,14 +4,15 @@
 # trims; sync=none keeps identical devices identical; the target failing
 # (dm-error, dm-flakey) under each on_target_error policy; degraded then
 # `job resume' copies only the missed chunks; a mirror and a backup at
-# once; suspend, reload and removal mid-mirror; refusals.  The check is
+# once; suspend, reload and removal mid-mirror; the switch-over to the
+# target (complete on the suspended device); refusals.  The check is
 # always the same: after `job complete', target == origin, byte for byte.
 . "$(dirname "$0")/lib/tap.sh"
 . "$(dirname "$0")/lib/ptb.sh"
 need_root
 need_cmd dmsetup fio
 
-tap_plan 54
+tap_plan 57
 MB=24
 mapfile -t devs < <(make_brd 4 $MB)
 origin=${devs[0]} tgt=${devs[1]} bkp=${devs[2]} spare=${devs[3]}
@@ -179,7 +180,27 @@ tap_check "the mirror gets ready" ptb_wait_state ptb_m b1 ready 60
 fio_stop
 tap_eq "the backup holds the point in time" "$ref" "$(sha_sectors "$bkp" "$sz")"
 tap_check "target == origin" same "$dev" "$mt"
-tap_check "complete" dm_msg ptb_m job complete b1
+
+# --- switch over to the target: complete while suspended --------------
+fio_run "$dev"
+sleep 1
+dmsetup suspend ptb_m
+tap_check "job complete on the suspended device" dm_msg ptb_m job complete b1
+tap_check "with writes held, the target equals the origin" same "$origin" "$mt"
+dm_msg ptb_m job dismiss b1
+dm_msg ptb_m job dismiss b2
+dmsetup reload ptb_m --table "0 $sz ptbackup $mt - 128"
+tap_check "resume on the new disk" dmsetup resume ptb_m
+sleep 1
+fio_stop
+region() {	# region DEV: the 1 MiB at 3 MiB
+	dd if="$1" bs=1M skip=3 count=1 iflag=direct status=none | sha256sum
+}
+write_at 3
+tap_check "a write after the switch reaches the new disk, not the old one" \
+	test "$(region "$mt")" = "$(region "$dev")" -a "$(region "$origin")" != "$(region "$dev")"
+dmsetup suspend ptb_m && dmsetup reload ptb_m --table "0 $sz ptbackup $origin - 128" &&
+	dmsetup resume ptb_m
 
 # --- cancel and removal mid-mirror ---------------------------------
 dm_msg ptb_m mirror start c1 "$mt" speed=1M

@@ -1,8 +1,9 @@
 #!/bin/bash
 # Remote replication: a mirror job whose target is on an NBD server
 # (qemu-nbd on loopback, attached with the kernel's nbd client through
-# nbd-client).  The server is killed mid-mirror under fio writes: the job
-# is degraded and the user's writes go on.  The server comes back, a new
+# nbd-client).  The server stops answering mid-mirror under fio writes, with
+# writes in flight to it, then dies: the nbd client's timeout fails what was
+# in flight, the job is degraded and the user's writes go on.  The server comes back, a new
 # connection is swapped in under the mirror's target (a dm-linear over
 # /dev/nbdN), `job resume' copies only the chunks it missed, and after
 # `job complete' the server's disk equals the origin.
@@ -27,13 +28,18 @@ serve() {	# the remote disk, exported by qemu-nbd
 	qemu-nbd --fork --persistent --pid-file="$PIDF" -b 127.0.0.1 -p $PORT -x disk \
 		-f raw --cache=none --aio=native "$remote"
 }
-unserve() {
-	[ -f "$PIDF" ] && kill -9 "$(cat "$PIDF")" 2>/dev/null
+unserve() {	# the server hangs for a second (writes in flight), then dies
+	[ -f "$PIDF" ] || return 0
+	kill -STOP "$(cat "$PIDF")" 2>/dev/null && sleep 1
+	kill -9 "$(cat "$PIDF")" 2>/dev/null
 	rm -f "$PIDF"
 	sleep 0.5
 }
+# Without a timeout (-t), the kernel's nbd client keeps a request that was
+# in flight when the connection died until the device is disconnected, and
+# the mirrored write that waits for it hangs with it.
 attach() {	# attach /dev/nbdN
-	nbd-client -N disk 127.0.0.1 $PORT "$1" >/dev/null 2>&1 || return 1
+	nbd-client -t 5 -N disk 127.0.0.1 $PORT "$1" >/dev/null 2>&1 || return 1
 	tap_on_exit nbd-client -d "$1"
 }
 tap_on_exit unserve
